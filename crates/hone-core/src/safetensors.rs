@@ -1,0 +1,2 @@
+//! safetensors read (memory-mapped, validated header) and write.
+//! (Stub: owned by the HF-folder work item.)

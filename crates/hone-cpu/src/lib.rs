@@ -1,0 +1,1 @@
+//! hone-cpu: the CPU engine. (Stub: owned by the CPU forward work item.)
