@@ -1,1 +1,308 @@
-fn main() {}
+//! The `hone` command line.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use hone_core::generate::{generate, GenerateOptions};
+use hone_core::sampling::SamplingParams;
+use hone_core::Model;
+use hone_cpu::{CpuModel, CpuModelOptions, CpuSession};
+
+/// hone: fine-tune and run small language models where the data lives.
+#[derive(Parser)]
+#[command(name = "hone", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a prompt (streamed to stdout; timing to stderr).
+    Generate(GenerateArgs),
+    /// Print a model's spec, tensor table and tokenizer summary.
+    Inspect(InspectArgs),
+    /// Measure load time, prompt processing and decode speed; prints one JSON line.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// Prompt length in tokens.
+    #[arg(long = "prompt_tokens", default_value_t = 128)]
+    prompt_tokens: usize,
+    /// Tokens to decode after the prompt.
+    #[arg(long = "decode_tokens", default_value_t = 64)]
+    decode_tokens: usize,
+    /// Timed repetitions (the best is reported).
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Convert every weight to f32 at load instead of dequantizing tiles on the fly.
+    #[arg(long = "dequantize_at_load")]
+    dequantize_at_load: bool,
+}
+
+#[derive(Args)]
+struct ModelArg {
+    /// A GGUF file or a Hugging Face model folder.
+    #[arg(short = 'm', long = "model_name_or_path", visible_alias = "model")]
+    model: PathBuf,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// The prompt (with --chat: the user message).
+    #[arg(short = 'p', long)]
+    prompt: String,
+    /// Most tokens to generate.
+    #[arg(long = "max_new_tokens", default_value_t = 128)]
+    max_new_tokens: usize,
+    /// Sampling temperature; 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Keep the k most likely tokens (0 = all).
+    #[arg(long = "top_k", default_value_t = 0)]
+    top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches p (1 = all).
+    #[arg(long = "top_p", default_value_t = 1.0)]
+    top_p: f32,
+    /// Penalise tokens already in the prompt or output (1 = off), as transformers does.
+    #[arg(long = "repetition_penalty", default_value_t = 1.0)]
+    repetition_penalty: f32,
+    /// Random seed for sampling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Render the prompt through the model's chat template as a user message.
+    #[arg(long)]
+    chat: bool,
+    /// System message for --chat.
+    #[arg(long)]
+    system: Option<String>,
+    /// Stop when the output contains this text (repeatable).
+    #[arg(long = "stop")]
+    stop: Vec<String>,
+    /// Convert every weight to f32 at load instead of dequantizing tiles on the fly.
+    #[arg(long = "dequantize_at_load")]
+    dequantize_at_load: bool,
+    /// Print nothing but the generated text.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// Print every tensor (default: the first layer's and the global ones).
+    #[arg(long)]
+    tensors: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(a) => cmd_generate(a),
+        Command::Inspect(a) => cmd_inspect(a),
+        Command::Bench(a) => cmd_bench(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One clear line: the outermost context, then the causes.
+            let msg = e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ");
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(path: &PathBuf) -> Result<(Model, f64)> {
+    let t0 = Instant::now();
+    let model = hone_core::load_model(path)?;
+    Ok((model, t0.elapsed().as_secs_f64()))
+}
+
+fn cmd_generate(a: GenerateArgs) -> Result<()> {
+    let sampling = SamplingParams {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        repetition_penalty: a.repetition_penalty,
+        seed: a.seed,
+    };
+    sampling.validate()?;
+    let (model, load_secs) = load(&a.model.model)?;
+    let prompt_ids = if a.chat {
+        let text = render_chat(&model, a.system.as_deref(), &a.prompt)?;
+        model.tokenizer.encode(&text, false)?
+    } else {
+        model.tokenizer.encode(&a.prompt, true)?
+    };
+    if prompt_ids.is_empty() {
+        bail!("the prompt is empty after tokenization");
+    }
+    let max_len = (prompt_ids.len() + a.max_new_tokens).min(model.spec.max_position_embeddings);
+    let cpu = CpuModel::new(&model.spec, &model.weights, CpuModelOptions { dequantize_at_load: a.dequantize_at_load })?;
+    let mut session = CpuSession::new(cpu, max_len);
+    let opts = GenerateOptions { max_new_tokens: a.max_new_tokens, sampling, stop_strings: a.stop.clone(), eos_ids: model.eos_ids() };
+
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if !a.chat {
+        write!(out, "{}", a.prompt)?;
+    }
+    out.flush()?;
+    let mut write_err = None;
+    let result = generate(&mut session, &model.tokenizer, &prompt_ids, &opts, &mut |piece: &str| {
+        match write!(out, "{piece}").and_then(|_| out.flush()) {
+            Ok(()) => true,
+            Err(e) => {
+                write_err = Some(e);
+                false
+            }
+        }
+    })?;
+    if let Some(e) = write_err {
+        return Err(e).context("writing to stdout");
+    }
+    writeln!(out)?;
+    if !a.quiet {
+        let decode_tokens = result.ids.len().saturating_sub(1).max(1);
+        eprintln!(
+            "[hone] load {:.2}s | prompt {} tok, {:.1} tok/s | {} new tok, {:.1} tok/s | stop: {:?}",
+            load_secs,
+            result.prompt_tokens,
+            result.prompt_tokens as f64 / result.prefill_secs.max(1e-9),
+            result.ids.len(),
+            decode_tokens as f64 / result.decode_secs.max(1e-9),
+            result.stop_reason
+        );
+    }
+    Ok(())
+}
+
+fn render_chat(model: &Model, system: Option<&str>, user: &str) -> Result<String> {
+    let Some(src) = &model.chat_template else {
+        bail!("{}: the model has no chat template; drop --chat", model.source.display());
+    };
+    let mut messages = Vec::new();
+    if let Some(s) = system {
+        messages.push(hone_core::chat::ChatMessage::new("system", s));
+    }
+    messages.push(hone_core::chat::ChatMessage::new("user", user));
+    let template = hone_core::chat::ChatTemplate::new(src)?;
+    let bos = model.tokenizer.bos_token.clone().unwrap_or_default();
+    let eos = model.tokenizer.eos_token.clone().unwrap_or_default();
+    Ok(template.render(&messages, true, &bos, &eos)?)
+}
+
+fn cmd_inspect(a: InspectArgs) -> Result<()> {
+    let (model, load_secs) = load(&a.model.model)?;
+    let s = &model.spec;
+    println!("model: {} ({:?}, loaded in {:.2}s)", model.source.display(), model.format, load_secs);
+    println!("spec:");
+    let spec_json = serde_json::to_value(s)?;
+    if let Some(obj) = spec_json.as_object() {
+        for (k, v) in obj {
+            println!("  {k}: {v}");
+        }
+    }
+    let n_params: usize = model.weights.tensors.values().map(|t| t.numel()).sum();
+    println!(
+        "tensors: {} ({} parameters, {:.1} MiB stored)",
+        model.weights.tensors.len(),
+        n_params,
+        model.weights.total_bytes() as f64 / (1 << 20) as f64
+    );
+    let mut by_type = std::collections::BTreeMap::new();
+    for t in model.weights.tensors.values() {
+        *by_type.entry(t.dtype.to_string()).or_insert(0usize) += 1;
+    }
+    println!("  types: {}", by_type.iter().map(|(k, v)| format!("{k} x{v}")).collect::<Vec<_>>().join(", "));
+    println!("  {:<56} {:<16} type", "name", "shape");
+    for t in model.weights.tensors.values() {
+        let shown = a.tensors || !t.name.starts_with("model.layers.") || t.name.starts_with("model.layers.0.");
+        if shown {
+            println!("  {:<56} {:<16} {}", t.name, format!("{:?}", t.shape), t.dtype);
+        }
+    }
+    if !a.tensors && s.num_hidden_layers > 1 {
+        println!("  ... layers 1..{} alike (--tensors lists all)", s.num_hidden_layers - 1);
+    }
+    let tok = &model.tokenizer;
+    println!("tokenizer: {} tokens, from {}", tok.vocab_size(), tok.source.display());
+    println!(
+        "  bos: {:?} ({:?}), eos: {:?} (stop ids {:?}), pad: {:?}, add_bos: {}",
+        tok.bos_token,
+        tok.bos_id,
+        tok.eos_token,
+        model.eos_ids(),
+        tok.pad_id,
+        tok.add_bos
+    );
+    match &model.chat_template {
+        Some(t) => println!("chat template: {} chars", t.len()),
+        None => println!("chat template: none"),
+    }
+    Ok(())
+}
+
+fn cmd_bench(a: BenchArgs) -> Result<()> {
+    if a.prompt_tokens == 0 || a.decode_tokens == 0 || a.repeats == 0 {
+        bail!("--prompt_tokens, --decode_tokens and --repeats must be at least 1");
+    }
+    let (model, load_secs) = load(&a.model.model)?;
+    let t0 = Instant::now();
+    let cpu = CpuModel::new(&model.spec, &model.weights, CpuModelOptions { dequantize_at_load: a.dequantize_at_load })?;
+    let prepare_secs = t0.elapsed().as_secs_f64();
+    // A fixed pseudo-random prompt of ordinary tokens (ids 1000.. avoid special tokens).
+    let vocab = model.spec.vocab_size as u64;
+    let mut rng = hone_core::sampling::Rng::new(42);
+    let prompt: Vec<u32> = (0..a.prompt_tokens).map(|_| (1000 + rng.next_u64() % (vocab - 1000).max(1)) as u32).collect();
+    let mut session = CpuSession::new(cpu, a.prompt_tokens + a.decode_tokens);
+    let (mut best_prefill, mut best_decode) = (f64::MAX, f64::MAX);
+    for _ in 0..a.repeats {
+        use hone_core::generate::CausalLm;
+        session.reset();
+        let t = Instant::now();
+        let mut logits = session.forward_last(&prompt)?;
+        best_prefill = best_prefill.min(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        for _ in 0..a.decode_tokens {
+            let next = hone_core::sampling::argmax(&logits);
+            logits = session.forward_last(&[next])?;
+        }
+        best_decode = best_decode.min(t.elapsed().as_secs_f64());
+    }
+    let row = serde_json::json!({
+        "model": model.source.display().to_string(),
+        "weights": if a.dequantize_at_load { "f32 (dequantized at load)" } else { "stored type, tiles dequantized in matmul" },
+        "threads": hone_cpu_threads(),
+        "load_s": round(load_secs + prepare_secs, 3),
+        "prompt_tokens": a.prompt_tokens,
+        "prompt_tok_s": round(a.prompt_tokens as f64 / best_prefill, 1),
+        "decode_tokens": a.decode_tokens,
+        "decode_tok_s": round(a.decode_tokens as f64 / best_decode, 1),
+    });
+    println!("{row}");
+    Ok(())
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let p = 10f64.powi(digits);
+    (x * p).round() / p
+}
+
+fn hone_cpu_threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    })
+}

@@ -20,3 +20,7 @@ pub use error::{Error, Result};
 pub use model::{load_model, Model};
 pub use spec::{Architecture, ModelSpec, RopeScaling};
 pub use tensor::{Bytes, DType, TensorEntry, WeightStore};
+pub mod data;
+pub mod metrics;
+pub mod schedule;
+pub mod tensorboard;

