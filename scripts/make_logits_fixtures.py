@@ -4,6 +4,8 @@ What it writes (tests/fixtures/logits/):
   smollm2.safetensors + smollm2.json  three prompts on SmolLM2-135M-Instruct (the Q4_1 GGUF,
       dequantized to fp32 by transformers): token ids, logits of every position at a strided
       subset of the vocabulary (every 97th id) and the full last-position logits.
+  hf.safetensors                      logits of the committed HF folders tests/fixtures/hf-tiny-llama
+      (bf16, untied, llama3 rope scaling) and hf-tiny-qwen2 (q/k/v biases) for HF_INPUT.
   tiny.safetensors + tiny.json        for each tiny random GGUF that `cargo run --release -p hone-core
       --example write_tiny_models -- DIR` writes (one per tensor type, llama and qwen2): the
       file's checksum (so a changed generator is detected) and logits for fixed token ids.
@@ -57,6 +59,20 @@ def smollm2(gguf):
     print("smollm2:", [m["ids"][:8] for m in meta["prompts"]])
 
 
+HF_INPUT = [(7 * i + 3) % 128 for i in range(40)]
+
+
+def hf_folders():
+    tensors = {}
+    for name in ["hf-tiny-llama", "hf-tiny-qwen2"]:
+        d = os.path.join(HERE, "..", "tests", "fixtures", name)
+        model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+        with torch.no_grad():
+            tensors[name] = model(input_ids=torch.tensor([HF_INPUT])).logits[0].float().contiguous()
+    save_file(tensors, os.path.join(OUT, "hf.safetensors"))
+    print("hf folders:", list(tensors))
+
+
 def fnv1a64(path):
     h = 0xcbf29ce484222325
     data = open(path, "rb").read()
@@ -84,6 +100,7 @@ def tiny(tiny_dir):
 
 
 if __name__ == "__main__":
+    hf_folders()
     smollm2(sys.argv[1])
     if len(sys.argv) > 2:
         tiny(sys.argv[2])

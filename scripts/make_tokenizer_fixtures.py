@@ -21,6 +21,9 @@ It writes, under tests/fixtures/tokenizer/:
 - tiny_llama_spm.gguf + tiny_llama_spm.json: a tiny SentencePiece-style ("llama") vocabulary with scores,
   byte tokens, control and user-defined tokens, written as a GGUF with only metadata, and transformers' ids
   and decodes for it.
+SmolLM2's converted tokenizer.json itself is not written: it is ~1.6 MB, over the "well under 1 MB" fixture
+rule; the Rust tests write `Tokenizer::to_json()` to a temporary folder and load it back instead.
+
 - tiny_gpt2.json: the tiny byte-level BPE vocabulary that `hone_core::tokenizer::tiny_gpt2_metadata()` builds
   (TINY_MERGES below must equal TINY_MERGES in tokenizer.rs; the Rust test checks), and transformers' ids for it.
 """

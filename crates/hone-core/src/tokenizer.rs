@@ -2,9 +2,9 @@
 //! or rebuilt from GGUF `tokenizer.ggml.*` metadata the way transformers rebuilds it, so that ids
 //! match Hugging Face's for the same model.
 //!
-//! A GGUF tokenizer is described as a tokenizer.json document (see [`gguf_tokenizer_json`]) and
-//! loaded through the same path as a real tokenizer.json, so [`Tokenizer::to_json`] writes back
-//! exactly what was built.
+//! A GGUF tokenizer becomes the same `tokenizers` components a tokenizer.json would hold (BPE model,
+//! added tokens, normalizer, pre-tokenizer, post-processor, decoder), so [`Tokenizer::to_json`]
+//! writes a tokenizer.json that loads back with [`Tokenizer::from_file`] and gives the same ids.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};

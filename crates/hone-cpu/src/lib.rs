@@ -2,6 +2,7 @@
 //! buffers (`ops`), matmuls over weights kept in their stored type (`matmul`), the model with
 //! its KV cache (`model`) and a session that the generation loop drives (`session`).
 
+mod gemv;
 pub mod matmul;
 pub mod model;
 pub mod ops;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use hone_core::TensorEntry;
 
-use crate::parallel;
+use crate::{gemv, parallel};
 
 /// A `[rows, cols]` weight matrix (`[out, in]`, as PyTorch stores a Linear weight).
 #[derive(Debug, Clone)]
@@ -128,10 +128,13 @@ pub fn matmul_forward(out: &mut [f32], inp: &[f32], w: &Weight, bias: Option<&[f
     if m == 0 {
         return;
     }
-    match w.dense() {
-        Some(wd) if m == 1 => gemv_dense(out, inp, wd, k),
-        Some(wd) => gemm_f32(out, n, inp, wd, m, n, k, true),
-        None => tiled(out, inp, w, m),
+    match (w.dense(), &w.storage) {
+        (Some(wd), _) if m == 1 => gemv_dense(out, inp, wd, k),
+        (Some(wd), _) => gemm_f32(out, n, inp, wd, m, n, k, true),
+        (None, Storage::Stored(t)) if m == 1 && gemv::has_fused_kernel(t.dtype) => {
+            gemv_stored(out, inp, t)
+        }
+        (None, _) => tiled(out, inp, w, m),
     }
     if let Some(b) = bias {
         add_bias_forward(out, b, m);
@@ -235,13 +238,41 @@ unsafe fn gemm_f32_raw(
     }
 }
 
-/// `out[n] = w[n, k] @ x[k]`: row chunks in parallel, each a gemv.
+/// Rows per parallel task of a matrix-vector product: a few tasks per thread.
+fn gemv_chunk(n: usize) -> usize {
+    n.div_ceil(4 * parallel::threads()).max(8)
+}
+
+/// `out[n] = w[n, k] @ x[k]` for f32 rows: row chunks in parallel.
 fn gemv_dense(out: &mut [f32], x: &[f32], w: &[f32], k: usize) {
-    let chunk = tile_rows(k, 1);
+    let chunk = gemv_chunk(out.len());
     parallel::for_each_chunk(out, chunk, |ci, o| {
         let r0 = ci * chunk;
-        let wr = &w[r0 * k..(r0 + o.len()) * k];
-        gemm_f32(o, o.len(), x, wr, 1, o.len(), k, false);
+        gemv::gemv_f32(o, &w[r0 * k..(r0 + o.len()) * k], x);
+    });
+}
+
+/// `out[n] = w[n, k] @ x[k]` with a fused dequantize-dot kernel on the stored bytes.
+fn gemv_stored(out: &mut [f32], x: &[f32], t: &TensorEntry) {
+    // Block sums of x (Q4_1's minimum term): on the stack for rows up to 8192 values.
+    let n_blocks = x.len().div_ceil(32);
+    let mut stack = [0f32; 256];
+    let mut heap = Vec::new();
+    let xsum: &[f32] = if n_blocks <= stack.len() {
+        for (s, c) in stack.iter_mut().zip(x.chunks(32)) {
+            *s = c.iter().sum();
+        }
+        &stack[..n_blocks]
+    } else {
+        gemv::block_sums(x, &mut heap);
+        &heap
+    };
+    let rb = t.row_bytes();
+    let bytes = t.data.as_slice();
+    let chunk = gemv_chunk(out.len());
+    parallel::for_each_chunk(out, chunk, |ci, o| {
+        let r0 = ci * chunk;
+        gemv::gemv_rows(t.dtype, o, &bytes[r0 * rb..(r0 + o.len()) * rb], x, xsum);
     });
 }
 
@@ -277,6 +308,7 @@ fn tiled(out: &mut [f32], inp: &[f32], w: &Weight, m: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hone_core::DType;
     use crate::testutil::{assert_close, Lcg};
 
     fn naive(inp: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, n: usize, k: usize) -> Vec<f32> {
@@ -315,6 +347,62 @@ mod tests {
             let mut got = vec![f32::NAN; m * n];
             matmul_forward(&mut got, &x, &w, None, m);
             assert_close(&got, &want, 1e-5, &format!("no bias {m}x{n}x{k}"));
+        }
+    }
+
+    /// Random bytes of a `[n, k]` tensor of `dtype`, with every f16/bf16 field a small finite
+    /// number (so that values are finite).
+    fn random_tensor(dtype: DType, n: usize, k: usize, rng: &mut Lcg) -> TensorEntry {
+        let vals = n * k;
+        let half = |v: f32| half::f16::from_f32(v).to_le_bytes();
+        let bytes: Vec<u8> = match dtype {
+            DType::F32 => rng.vec(vals, 1.0).iter().flat_map(|v| v.to_le_bytes()).collect(),
+            DType::F16 => rng.vec(vals, 1.0).iter().flat_map(|&v| half(v)).collect(),
+            DType::BF16 => rng
+                .vec(vals, 1.0)
+                .iter()
+                .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+                .collect(),
+            _ => {
+                let (bs, ts) = (dtype.block_size(), dtype.type_size());
+                let mut b: Vec<u8> = (0..vals / bs * ts)
+                    .map(|_| ((rng.next(1.0) + 1.0) * 127.9) as u8)
+                    .collect();
+                let halves: &[usize] = match dtype {
+                    DType::Q8_0 | DType::Q4_0 | DType::Q5_0 => &[0],
+                    DType::Q4_1 | DType::Q5_1 | DType::Q4K | DType::Q5K => &[0, 2],
+                    DType::Q6K => &[208],
+                    _ => unreachable!(),
+                };
+                for blk in b.chunks_exact_mut(ts) {
+                    for &o in halves {
+                        blk[o..o + 2].copy_from_slice(&half(rng.next(0.05)));
+                    }
+                }
+                b
+            }
+        };
+        TensorEntry::new("q", vec![n, k], dtype, hone_core::Bytes::from_vec(bytes)).unwrap()
+    }
+
+    #[test]
+    fn every_stored_type_multiplies_like_its_dequantized_values() {
+        let mut rng = Lcg::new(9);
+        for dtype in DType::ALL {
+            for &(m, n, k) in &[(1usize, 37usize, 256usize), (1, 130, 512), (3, 70, 256), (20, 301, 768)] {
+                let t = random_tensor(dtype, n, k, &mut rng);
+                let wv = t.to_f32();
+                assert!(wv.iter().all(|v| v.is_finite()), "{dtype}: bad test data");
+                let x = rng.vec(m * k, 1.0);
+                let want = naive(&x, &wv, None, m, n, k);
+                let w = Weight::from_entry(&t);
+                let mut got = vec![f32::NAN; m * n];
+                matmul_forward(&mut got, &x, &w, None, m);
+                assert_close(&got, &want, 1e-5, &format!("{dtype} {m}x{n}x{k}"));
+                let mut got = vec![f32::NAN; m * n];
+                matmul_forward_tiled(&mut got, &x, w.force_tiled(), None, m);
+                assert_close(&got, &want, 1e-5, &format!("{dtype} tiled {m}x{n}x{k}"));
+            }
         }
     }
 }

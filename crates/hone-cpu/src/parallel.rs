@@ -14,6 +14,18 @@ pub fn gemm_parallelism() -> gemm::Parallelism {
     }
 }
 
+/// Threads that run parallel work (1 on wasm).
+pub fn threads() -> usize {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        rayon::current_num_threads()
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        1
+    }
+}
+
 /// Call `f(chunk_index, chunk)` for each `chunk`-long piece of `data` (the last may be shorter).
 pub fn for_each_chunk<T, F>(data: &mut [T], chunk: usize, f: F)
 where

@@ -17,20 +17,26 @@ impl Lcg {
     }
 }
 
-/// Assert |got - want| <= tol * (1 + |want|) element-wise, naming the worst element.
+/// Assert |got - want| <= tol * max(1, rms(want)) element-wise (errors relative to the scale
+/// of the whole result: sums with cancellation are not held to a tighter bound than their
+/// terms allow), naming the worst element.
 pub fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: length");
+    let rms = (want.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / want.len().max(1) as f64)
+        .sqrt() as f32;
+    let scale = rms.max(1.0);
     let mut worst = (0usize, 0f32);
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let err = (g - w).abs() / (1.0 + w.abs());
-        if err > worst.1 || err.is_nan() {
-            worst = (i, if err.is_nan() { f32::INFINITY } else { err });
+        let err = (g - w).abs() / scale;
+        let err = if err.is_nan() { f32::INFINITY } else { err };
+        if err > worst.1 {
+            worst = (i, err);
         }
     }
     let i = worst.0;
     assert!(
         worst.1 <= tol,
-        "{what}: element {i}: got {} want {} (relative error {} > {tol})",
+        "{what}: element {i}: got {} want {} (error / max(1, rms) = {} > {tol}; rms {rms})",
         got[i],
         want[i],
         worst.1

@@ -127,3 +127,23 @@ fn gguf_and_hf_folder_of_the_same_model_give_the_same_logits() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// HF folders saved by transformers itself: bf16 weights + llama3 rope scaling + untied head
+/// (llama), and q/k/v biases + tied head (qwen2). No tokenizer there: spec and weights only.
+#[test]
+fn hf_folders_saved_by_transformers_match_its_logits() {
+    let input: Vec<u32> = (0..40u32).map(|i| (7 * i + 3) % 128).collect();
+    let refs = SafetensorsFile::open(fixture("logits/hf.safetensors")).unwrap();
+    for name in ["hf-tiny-llama", "hf-tiny-qwen2"] {
+        let dir = fixture(name);
+        let spec = hone_core::hf::read_config(&dir).unwrap();
+        let weights = hone_core::hf::read_weights(&dir).unwrap();
+        let mut cpu = CpuModel::new(&spec, &weights, CpuModelOptions::default()).unwrap();
+        let mut cache = cpu.new_cache(input.len());
+        let l = cpu.forward(&input, &mut cache).unwrap();
+        let got: Vec<f32> = (0..input.len()).flat_map(|i| l.row(i).to_vec()).collect();
+        let e = rel_err(&got, &refs.get(name).unwrap().to_f32());
+        eprintln!("{name}: rel err {e:.2e}");
+        assert!(e <= REL_TOL, "{name}: {e:.2e} > {REL_TOL:.0e}");
+    }
+}

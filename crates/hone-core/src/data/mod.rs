@@ -67,6 +67,16 @@ mod tests {
         let tokenized =
             tokenize_examples(&examples.examples, &train.source, &bytes, &opts).unwrap();
         assert_eq!(tokenized.items.len() + tokenized.dropped.len(), 160);
+        // Dropped examples are exactly those whose prompt alone fills max_seq_len.
+        for ex in &examples.examples {
+            let fills = ex.prompt().len() >= 128;
+            assert_eq!(
+                tokenized.dropped.contains(&ex.line),
+                fills,
+                "line {}",
+                ex.line
+            );
+        }
         assert!(
             tokenized.truncated > 0,
             "some reviews are longer than 128 bytes"
@@ -97,7 +107,7 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(loader.batches_per_epoch(), 20);
+        assert_eq!(loader.batches_per_epoch(), loader.len().div_ceil(8));
         let b = loader.next_batch();
         assert_eq!(b.ids.len(), b.batch * b.seq);
         assert!(b.seq <= 128);

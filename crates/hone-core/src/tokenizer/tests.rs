@@ -737,18 +737,3 @@ fn raw_byte_tokens_are_respelled_into_the_byte_alphabet() {
     assert_eq!(tok.token_to_id("ĊĊĊ"), Some(368));
     assert_eq!(tok.encode("\n\n\n", false).unwrap(), vec![368]);
 }
-
-#[test]
-fn tmp_timing() {
-    let g = open_gguf(&smollm2_path());
-    let t = std::time::Instant::now();
-    let tok = Tokenizer::from_gguf(&g).unwrap();
-    eprintln!("from_gguf {:?}", t.elapsed());
-    let t = std::time::Instant::now();
-    let j = tok.to_json().unwrap();
-    eprintln!("to_json {:?} {} bytes", t.elapsed(), j.len());
-    let text = "The quick brown fox jumps over the lazy dog. ".repeat(2000);
-    let t = std::time::Instant::now();
-    let ids = tok.encode(&text, false).unwrap();
-    eprintln!("encode {} tokens {:?}", ids.len(), t.elapsed());
-}
