@@ -21,11 +21,11 @@ It writes, under tests/fixtures/tokenizer/:
 - tiny_llama_spm.gguf + tiny_llama_spm.json: a tiny SentencePiece-style ("llama") vocabulary with scores,
   byte tokens, control and user-defined tokens, written as a GGUF with only metadata, and transformers' ids
   and decodes for it.
+- tiny_gpt2.json: the tiny byte-level BPE vocabulary that `hone_core::tokenizer::tiny_gpt2_metadata()` builds
+  (TINY_MERGES below must equal TINY_MERGES in tokenizer/tiny.rs; the Rust test checks), and transformers' ids for it.
+
 SmolLM2's converted tokenizer.json itself is not written: it is ~1.6 MB, over the "well under 1 MB" fixture
 rule; the Rust tests write `Tokenizer::to_json()` to a temporary folder and load it back instead.
-
-- tiny_gpt2.json: the tiny byte-level BPE vocabulary that `hone_core::tokenizer::tiny_gpt2_metadata()` builds
-  (TINY_MERGES below must equal TINY_MERGES in tokenizer.rs; the Rust test checks), and transformers' ids for it.
 """
 
 import json
@@ -200,7 +200,7 @@ SPM_TEXTS = [
     "UPPER lower MiXeD",
 ]
 
-# Must equal TINY_MERGES in crates/hone-core/src/tokenizer.rs (the Rust test compares them).
+# Must equal TINY_MERGES in crates/hone-core/src/tokenizer/tiny.rs (the Rust test compares them).
 TINY_MERGES = [
     "Ġ t", "h e", "i n", "Ġ a", "e r", "o n", "Ġt he", "r e", "Ġ s", "a t", "Ġ w", "Ġ o", "e n", "Ġ c", "i t",
     "i s", "a n", "o r", "e s", "Ġ b", "e d", "Ġ f", "in g", "Ġ p", "o u", "Ġa n", "a l", "a r", "Ġt o", "Ġ m",

@@ -66,7 +66,7 @@ struct GenerateArgs {
     #[arg(long = "max_new_tokens", default_value_t = 128)]
     max_new_tokens: usize,
     /// Sampling temperature; 0 = greedy.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     temperature: f32,
     /// Keep the k most likely tokens (0 = all).
     #[arg(long = "top_k", default_value_t = 0)]
@@ -117,7 +117,16 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One clear line: the outermost context, then the causes.
-            let msg = e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ");
+            // (a cause already quoted by the message before it is not repeated).
+            let mut msg = String::new();
+            for cause in e.chain().map(|c| c.to_string()) {
+                if !msg.ends_with(&cause) {
+                    if !msg.is_empty() {
+                        msg.push_str(": ");
+                    }
+                    msg.push_str(&cause);
+                }
+            }
             eprintln!("error: {msg}");
             ExitCode::FAILURE
         }

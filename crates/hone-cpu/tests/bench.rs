@@ -149,7 +149,7 @@ fn matmul_paths() {
             );
             if let Some(q) = &q {
                 let c = time(&mut || matmul_forward(&mut y, &x, q, None, m));
-                print!(", {} tiled {:.3} ms ({:.1})", q.name, c.0, c.1);
+                print!(", {} {} {:.3} ms ({:.1})", q.name, if m == 1 { "fused" } else { "tiled" }, c.0, c.1);
             }
             println!();
         }
