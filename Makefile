@@ -12,7 +12,7 @@ export RAYON_NUM_THREADS ?= 2
 HONE := $(CARGO_TARGET_DIR)/release/hone
 PYTHON ?= python3
 
-.PHONY: all setup models build test test-rust test-wasm demo bench fmt clippy clean
+.PHONY: all setup models build test test-rust test-wasm demo bench fmt lint clean
 
 all: build
 
@@ -30,7 +30,7 @@ $(SMOLLM2_GGUF):
 build:
 	cargo build --release -p hone
 
-test: setup models test-rust test-wasm
+test: setup models lint test-rust test-wasm
 
 test-rust:
 	cargo test --workspace --release
@@ -52,8 +52,9 @@ bench: models build
 fmt:
 	cargo fmt --all
 
-clippy:
-	cargo clippy --workspace --all-targets -- -D warnings
+lint:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets --release -- -D warnings
 
 clean:
 	cargo clean

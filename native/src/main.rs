@@ -133,7 +133,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(path: &PathBuf) -> Result<(Model, f64)> {
+fn load(path: &std::path::Path) -> Result<(Model, f64)> {
     let t0 = Instant::now();
     let model = hone_core::load_model(path)?;
     Ok((model, t0.elapsed().as_secs_f64()))

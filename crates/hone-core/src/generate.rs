@@ -470,8 +470,14 @@ mod tests {
             n += 1;
             n < 2
         };
-        let out = generate_with_decoder(&mut lm, &mut decode, &[0], &opts(10, &[], &[]), &mut on_text)
-            .unwrap();
+        let out = generate_with_decoder(
+            &mut lm,
+            &mut decode,
+            &[0],
+            &opts(10, &[], &[]),
+            &mut on_text,
+        )
+        .unwrap();
         assert_eq!(out.stop_reason, StopReason::Callback);
         assert_eq!(out.ids, vec![0, 1]);
     }

@@ -2,7 +2,9 @@
 //! quantized block formats), tokenizer glue, chat templates, sampling and the generation loop.
 //! No GPU and no ONNX Runtime dependency; builds for wasm32.
 
+pub mod adapter;
 pub mod chat;
+pub mod engine;
 pub mod error;
 pub mod fixtures;
 pub mod generate;

@@ -342,7 +342,13 @@ mod tests {
     #[test]
     fn top_p_keeps_the_smallest_set_reaching_p() {
         let probs = [0.5f32, 0.3, 0.15, 0.05];
-        let mk = || probs.iter().enumerate().map(|(i, &p)| (p, i as u32)).collect::<Vec<_>>();
+        let mk = || {
+            probs
+                .iter()
+                .enumerate()
+                .map(|(i, &p)| (p, i as u32))
+                .collect::<Vec<_>>()
+        };
         let kept = |p: f32| {
             let mut c = mk();
             top_p_filter(&mut c, p);
@@ -384,7 +390,9 @@ mod tests {
         let logits: Vec<f32> = (0..50).map(|i| ((i * 37 % 11) as f32) * 0.3).collect();
         let draw = |seed| {
             let mut s = Sampler::new(params(1.0, 0, 1.0, seed)).unwrap();
-            (0..64).map(|_| s.sample(&logits, &[]).unwrap()).collect::<Vec<_>>()
+            (0..64)
+                .map(|_| s.sample(&logits, &[]).unwrap())
+                .collect::<Vec<_>>()
         };
         assert_eq!(draw(42), draw(42));
         assert_ne!(draw(42), draw(43));

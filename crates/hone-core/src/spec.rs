@@ -136,7 +136,7 @@ impl ModelSpec {
                         let scaled = if wavelen > low_wavelen { f / factor } else { f };
                         let smooth = (old / wavelen - low_freq_factor)
                             / (high_freq_factor - low_freq_factor);
-                        let medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
+                        let medium = wavelen >= high_wavelen && wavelen <= low_wavelen;
                         let v = if medium {
                             (1.0 - smooth) * scaled / factor + smooth * scaled
                         } else {

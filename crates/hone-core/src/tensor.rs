@@ -74,7 +74,7 @@ impl DType {
 
     /// Bytes needed for `n` values (n must be a multiple of the block size).
     pub fn bytes_for(self, n: usize) -> Option<usize> {
-        if n % self.block_size() != 0 {
+        if !n.is_multiple_of(self.block_size()) {
             return None;
         }
         (n / self.block_size()).checked_mul(self.type_size())
@@ -256,7 +256,7 @@ impl TensorEntry {
         let name = name.into();
         let n: usize = shape.iter().product();
         let row = *shape.last().unwrap_or(&1);
-        if dtype.is_quantized() && row % dtype.block_size() != 0 {
+        if dtype.is_quantized() && !row.is_multiple_of(dtype.block_size()) {
             return Err(Error::Invalid(format!(
                 "tensor '{name}': row length {row} is not a multiple of the {dtype} block size {}",
                 dtype.block_size()
@@ -308,7 +308,7 @@ impl TensorEntry {
     /// Dequantize rows `[row_start, row_start + out.len() / row_len)` into `out`.
     pub fn dequantize_rows(&self, row_start: usize, out: &mut [f32]) {
         let rl = self.row_len();
-        assert!(out.len() % rl == 0, "output is not a whole number of rows");
+        assert!(out.len().is_multiple_of(rl), "output is not a whole number of rows");
         let n_rows = out.len() / rl;
         assert!(row_start + n_rows <= self.n_rows(), "rows out of range");
         let rb = self.row_bytes();

@@ -105,7 +105,9 @@ fn f32_view(t: &TensorEntry) -> Option<&[f32]> {
         return None;
     }
     let bytes = t.data.as_slice();
-    if bytes.as_ptr().align_offset(std::mem::align_of::<f32>()) != 0 || !bytes.len().is_multiple_of(4) {
+    if bytes.as_ptr().align_offset(std::mem::align_of::<f32>()) != 0
+        || !bytes.len().is_multiple_of(4)
+    {
         return None;
     }
     // SAFETY: the pointer is aligned for f32, the length is a whole number of f32 values,
@@ -150,8 +152,20 @@ pub fn matmul_forward_tiled(
     m: usize,
 ) {
     let w = w.0;
-    assert_eq!(inp.len(), m * w.cols, "{}: input is not [{m}, {}]", w.name, w.cols);
-    assert_eq!(out.len(), m * w.rows, "{}: output is not [{m}, {}]", w.name, w.rows);
+    assert_eq!(
+        inp.len(),
+        m * w.cols,
+        "{}: input is not [{m}, {}]",
+        w.name,
+        w.cols
+    );
+    assert_eq!(
+        out.len(),
+        m * w.rows,
+        "{}: output is not [{m}, {}]",
+        w.name,
+        w.rows
+    );
     if m == 0 {
         return;
     }
@@ -308,10 +322,17 @@ fn tiled(out: &mut [f32], inp: &[f32], w: &Weight, m: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hone_core::DType;
     use crate::testutil::{assert_close, Lcg};
+    use hone_core::DType;
 
-    fn naive(inp: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, n: usize, k: usize) -> Vec<f32> {
+    fn naive(
+        inp: &[f32],
+        w: &[f32],
+        bias: Option<&[f32]>,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Vec<f32> {
         let mut out = vec![0f32; m * n];
         for i in 0..m {
             for j in 0..n {
@@ -328,7 +349,14 @@ mod tests {
     #[test]
     fn matmul_matches_a_naive_product_for_every_path_and_odd_sizes() {
         let mut rng = Lcg::new(1);
-        for &(m, n, k) in &[(1, 1, 1), (1, 37, 19), (3, 5, 7), (7, 600, 33), (1, 1100, 64), (130, 70, 96)] {
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (1, 37, 19),
+            (3, 5, 7),
+            (7, 600, 33),
+            (1, 1100, 64),
+            (130, 70, 96),
+        ] {
             let x = rng.vec(m * k, 1.0);
             let wv = rng.vec(n * k, 1.0);
             let b = rng.vec(n, 1.0);
@@ -356,7 +384,11 @@ mod tests {
         let vals = n * k;
         let half = |v: f32| half::f16::from_f32(v).to_le_bytes();
         let bytes: Vec<u8> = match dtype {
-            DType::F32 => rng.vec(vals, 1.0).iter().flat_map(|v| v.to_le_bytes()).collect(),
+            DType::F32 => rng
+                .vec(vals, 1.0)
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
             DType::F16 => rng.vec(vals, 1.0).iter().flat_map(|&v| half(v)).collect(),
             DType::BF16 => rng
                 .vec(vals, 1.0)
@@ -389,7 +421,12 @@ mod tests {
     fn every_stored_type_multiplies_like_its_dequantized_values() {
         let mut rng = Lcg::new(9);
         for dtype in DType::ALL {
-            for &(m, n, k) in &[(1usize, 37usize, 256usize), (1, 130, 512), (3, 70, 256), (20, 301, 768)] {
+            for &(m, n, k) in &[
+                (1usize, 37usize, 256usize),
+                (1, 130, 512),
+                (3, 70, 256),
+                (20, 301, 768),
+            ] {
                 let t = random_tensor(dtype, n, k, &mut rng);
                 let wv = t.to_f32();
                 assert!(wv.iter().all(|v| v.is_finite()), "{dtype}: bad test data");

@@ -241,9 +241,19 @@ impl CpuModel {
                     spec.has_o_bias(),
                     dense,
                 )?,
-                gate_proj: Linear::load(weights, &format!("{p}.mlp.gate_proj"), spec.mlp_bias, dense)?,
+                gate_proj: Linear::load(
+                    weights,
+                    &format!("{p}.mlp.gate_proj"),
+                    spec.mlp_bias,
+                    dense,
+                )?,
                 up_proj: Linear::load(weights, &format!("{p}.mlp.up_proj"), spec.mlp_bias, dense)?,
-                down_proj: Linear::load(weights, &format!("{p}.mlp.down_proj"), spec.mlp_bias, dense)?,
+                down_proj: Linear::load(
+                    weights,
+                    &format!("{p}.mlp.down_proj"),
+                    spec.mlp_bias,
+                    dense,
+                )?,
             });
         }
         Ok(CpuModel {
@@ -432,7 +442,10 @@ fn check_spec(spec: &ModelSpec, weights: &WeightStore) -> Result<()> {
             "attention and key/value head counts must be > 0".into(),
         );
     }
-    if !spec.num_attention_heads.is_multiple_of(spec.num_key_value_heads) {
+    if !spec
+        .num_attention_heads
+        .is_multiple_of(spec.num_key_value_heads)
+    {
         return bad(
             "num_key_value_heads",
             format!(
@@ -444,7 +457,10 @@ fn check_spec(spec: &ModelSpec, weights: &WeightStore) -> Result<()> {
     if spec.head_dim == 0 || !spec.head_dim.is_multiple_of(2) {
         return bad(
             "head_dim",
-            format!("{} must be even and > 0 for rotary embeddings", spec.head_dim),
+            format!(
+                "{} must be even and > 0 for rotary embeddings",
+                spec.head_dim
+            ),
         );
     }
     if spec.hidden_act != "silu" {
@@ -454,10 +470,16 @@ fn check_spec(spec: &ModelSpec, weights: &WeightStore) -> Result<()> {
         );
     }
     if spec.vocab_size == 0 || spec.hidden_size == 0 {
-        return bad("vocab_size", "vocab_size and hidden_size must be > 0".into());
+        return bad(
+            "vocab_size",
+            "vocab_size and hidden_size must be > 0".into(),
+        );
     }
     if !(spec.rms_norm_eps.is_finite() && spec.rms_norm_eps >= 0.0) {
-        return bad("rms_norm_eps", format!("{} is not valid", spec.rms_norm_eps));
+        return bad(
+            "rms_norm_eps",
+            format!("{} is not valid", spec.rms_norm_eps),
+        );
     }
     Ok(())
 }

@@ -58,7 +58,10 @@ pub fn rope_forward(x: &mut [f32], cos: &[f32], sin: &[f32], n_heads: usize, hea
     let t = x.len() / width;
     assert_eq!(cos.len(), t * half);
     for (p, row) in x.chunks_exact_mut(width).enumerate() {
-        let (c, s) = (&cos[p * half..(p + 1) * half], &sin[p * half..(p + 1) * half]);
+        let (c, s) = (
+            &cos[p * half..(p + 1) * half],
+            &sin[p * half..(p + 1) * half],
+        );
         for head in row.chunks_exact_mut(head_dim) {
             let (x1, x2) = head.split_at_mut(half);
             for i in 0..half {
@@ -224,7 +227,9 @@ mod tests {
         let mut rng = Lcg::new(4);
         for &(hd, nh, t, start) in &[(8usize, 3usize, 5usize, 0usize), (64, 2, 3, 17)] {
             let half = hd / 2;
-            let inv: Vec<f32> = (0..half).map(|i| 10000f32.powf(-((2 * i) as f32) / hd as f32)).collect();
+            let inv: Vec<f32> = (0..half)
+                .map(|i| 10000f32.powf(-((2 * i) as f32) / hd as f32))
+                .collect();
             let x = rng.vec(t * nh * hd, 1.0);
             let mut cos = vec![0f32; t * half];
             let mut sin = vec![0f32; t * half];
@@ -237,9 +242,16 @@ mod tests {
                     let base = (p * nh + h) * hd;
                     for d in 0..hd {
                         let f = inv[d % half] as f64 * (start + p) as f64;
-                        let rot = if d < half { -x[base + d + half] } else { x[base + d - half] };
+                        let rot = if d < half {
+                            -x[base + d + half]
+                        } else {
+                            x[base + d - half]
+                        };
                         let want = x[base + d] as f64 * f.cos() + rot as f64 * f.sin();
-                        assert!((got[base + d] as f64 - want).abs() < 1e-5, "hd {hd} p {p} h {h} d {d}");
+                        assert!(
+                            (got[base + d] as f64 - want).abs() < 1e-5,
+                            "hd {hd} p {p} h {h} d {d}"
+                        );
                     }
                 }
             }
@@ -259,7 +271,11 @@ mod tests {
                 let scores: Vec<f64> = (0..n)
                     .map(|j| {
                         let kr = &k[j * kvd + kvh * hd..][..hd];
-                        qv.iter().zip(kr).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() / (hd as f64).sqrt()
+                        qv.iter()
+                            .zip(kr)
+                            .map(|(&a, &b)| a as f64 * b as f64)
+                            .sum::<f64>()
+                            / (hd as f64).sqrt()
                     })
                     .collect();
                 let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -286,7 +302,13 @@ mod tests {
             (9, 3, 64, 3, 11),
             (2, 2, 8, 4, 2),
         ] {
-            let s = AttentionShape { t, past, n_heads: nh, n_kv_heads: nkv, head_dim: hd };
+            let s = AttentionShape {
+                t,
+                past,
+                n_heads: nh,
+                n_kv_heads: nkv,
+                head_dim: hd,
+            };
             let q = rng.vec(t * nh * hd, 1.5);
             let k = rng.vec((past + t) * nkv * hd, 1.5);
             let v = rng.vec((past + t) * nkv * hd, 1.0);

@@ -25,7 +25,10 @@ impl CausalLm for CpuSession {
         self.model.spec().vocab_size
     }
     fn forward_last(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        Ok(self.model.forward_last(tokens, &mut self.cache)?.into_last())
+        Ok(self
+            .model
+            .forward_last(tokens, &mut self.cache)?
+            .into_last())
     }
     fn reset(&mut self) {
         self.cache.clear();

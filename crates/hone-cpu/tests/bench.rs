@@ -127,7 +127,9 @@ fn matmul_paths() {
     ] {
         let wv = rng.vec(n * k, 0.05);
         let w = Weight::from_entry(&TensorEntry::from_f32("w", vec![n, k], &wv).unwrap());
-        let q = quant.as_ref().map(|s| Weight::from_entry(s.get(name).unwrap()));
+        let q = quant
+            .as_ref()
+            .map(|s| Weight::from_entry(s.get(name).unwrap()));
         for m in [1usize, 128] {
             let x = rng.vec(m * k, 1.0);
             let mut y = vec![0f32; m * n];
@@ -149,7 +151,13 @@ fn matmul_paths() {
             );
             if let Some(q) = &q {
                 let c = time(&mut || matmul_forward(&mut y, &x, q, None, m));
-                print!(", {} {} {:.3} ms ({:.1})", q.name, if m == 1 { "fused" } else { "tiled" }, c.0, c.1);
+                print!(
+                    ", {} {} {:.3} ms ({:.1})",
+                    q.name,
+                    if m == 1 { "fused" } else { "tiled" },
+                    c.0,
+                    c.1
+                );
             }
             println!();
         }

@@ -162,7 +162,10 @@ fn tiny_models_match_the_reference_forward() {
             let mut model = CpuModel::new(&spec, &w, opts).unwrap();
             let mut cache = model.new_cache(64);
             let got = model.forward(&tokens, &mut cache).unwrap();
-            assert_eq!((got.rows, got.vocab, got.first_position), (11, spec.vocab_size, 0));
+            assert_eq!(
+                (got.rows, got.vocab, got.first_position),
+                (11, spec.vocab_size, 0)
+            );
             // f32 engine vs f64 reference through 2-3 layers: f32 rounding gives ~1e-7 of
             // the logits' scale; 1e-5 leaves room for summation order and libm differences.
             assert_close(&got.data, &want, 1e-5, &format!("{name} dense={dense}"));
@@ -218,7 +221,12 @@ fn feeding_in_chunks_gives_the_same_logits_as_all_at_once() {
         model.forward(&tokens[..8], &mut cache).unwrap();
         let last = model.forward_last(&tokens[8..], &mut cache).unwrap();
         assert_eq!((last.rows, last.first_position), (1, 12));
-        assert_close(last.last(), all.row(12), 1e-5, &format!("{name} forward_last"));
+        assert_close(
+            last.last(),
+            all.row(12),
+            1e-5,
+            &format!("{name} forward_last"),
+        );
     }
 }
 
@@ -286,7 +294,10 @@ fn greedy_generation_through_a_session_matches_argmax_of_full_forwards() {
     }
     let want = seq[prompt.len()..].to_vec();
 
-    let mut session = CpuSession::new(CpuModel::new(&spec, &w, CpuModelOptions::default()).unwrap(), 64);
+    let mut session = CpuSession::new(
+        CpuModel::new(&spec, &w, CpuModelOptions::default()).unwrap(),
+        64,
+    );
     let opts = GenerateOptions {
         max_new_tokens: 6,
         ..GenerateOptions::default()
@@ -297,16 +308,22 @@ fn greedy_generation_through_a_session_matches_argmax_of_full_forwards() {
         streamed.push_str(s);
         true
     };
-    let out = generate_with_decoder(&mut session, &mut decode, &prompt, &opts, &mut on_text).unwrap();
+    let out =
+        generate_with_decoder(&mut session, &mut decode, &prompt, &opts, &mut on_text).unwrap();
     assert_eq!(out.ids, want);
     assert_eq!(out.stop_reason, StopReason::MaxTokens);
     assert_eq!(streamed, out.text);
     // A second call resets the cache and gives the same result.
-    let again = generate_with_decoder(&mut session, &mut decode, &prompt, &opts, &mut |_| true).unwrap();
+    let again =
+        generate_with_decoder(&mut session, &mut decode, &prompt, &opts, &mut |_| true).unwrap();
     assert_eq!(again.ids, want);
     // A session capped at 6 positions stops when the context is full.
-    let mut short = CpuSession::new(CpuModel::new(&spec, &w, CpuModelOptions::default()).unwrap(), 6);
-    let out = generate_with_decoder(&mut short, &mut decode, &prompt, &opts, &mut |_| true).unwrap();
+    let mut short = CpuSession::new(
+        CpuModel::new(&spec, &w, CpuModelOptions::default()).unwrap(),
+        6,
+    );
+    let out =
+        generate_with_decoder(&mut short, &mut decode, &prompt, &opts, &mut |_| true).unwrap();
     assert_eq!(out.stop_reason, StopReason::ContextFull);
     assert_eq!(out.ids, want[..3].to_vec());
 }

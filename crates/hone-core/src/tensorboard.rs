@@ -1,1 +1,0 @@
-//! (Stub: owned by a work item in progress.)
