@@ -4,6 +4,7 @@
 
 pub mod adapter;
 pub mod chat;
+pub mod checkpoint;
 pub mod engine;
 pub mod error;
 pub mod fixtures;
@@ -26,3 +27,4 @@ pub mod data;
 pub mod metrics;
 pub mod schedule;
 pub mod tensorboard;
+pub mod trainer;

@@ -5,15 +5,23 @@
 
 use crate::error::{Error, Result};
 
-/// One JSON line (without the newline) for the metrics of `step`.
-pub fn metrics_json_line(step: u64, metrics: &[(&str, f64)]) -> Result<String> {
-    let mut line = format!("{{\"step\":{step}");
-    for (i, (name, value)) in metrics.iter().enumerate() {
+/// Checks that no metric name repeats and none is "step" (the step is always written).
+pub fn check_metric_names(step: u64, metrics: &[(&str, f64)]) -> Result<()> {
+    for (i, (name, _)) in metrics.iter().enumerate() {
         if *name == "step" || metrics[..i].iter().any(|(seen, _)| seen == name) {
             return Err(Error::Invalid(format!(
                 "metrics at step {step}: '{name}' given twice (\"step\" is always written)"
             )));
         }
+    }
+    Ok(())
+}
+
+/// One JSON line (without the newline) for the metrics of `step`.
+pub fn metrics_json_line(step: u64, metrics: &[(&str, f64)]) -> Result<String> {
+    check_metric_names(step, metrics)?;
+    let mut line = format!("{{\"step\":{step}");
+    for (name, value) in metrics {
         let name = serde_json::to_string(name)
             .map_err(|e| Error::Invalid(format!("metric name {name:?}: {e}")))?;
         line.push(',');

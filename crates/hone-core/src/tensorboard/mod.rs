@@ -12,7 +12,7 @@ mod jsonl;
 
 pub use crc32c::{crc32c, masked_crc32c};
 pub use encode::{encode_record, file_version_event, scalar_event, EventEncoder, FILE_VERSION};
-pub use jsonl::metrics_json_line;
+pub use jsonl::{check_metric_names, metrics_json_line};
 #[cfg(not(target_arch = "wasm32"))]
 pub use jsonl::MetricsJsonl;
 #[cfg(not(target_arch = "wasm32"))]
@@ -61,7 +61,7 @@ mod writer {
     use std::path::{Path, PathBuf};
     use std::time::{SystemTime, UNIX_EPOCH};
 
-    use super::{hf_tag, EventEncoder, MetricsSink};
+    use super::{check_metric_names, hf_tag, EventEncoder, MetricsSink};
     use crate::error::{Error, Result};
 
     /// Seconds since the Unix epoch (0 if the clock is set before it).
@@ -162,6 +162,7 @@ mod writer {
         /// One scalar event per metric, tagged by [`hf_tag`], values stored as f32 (as
         /// TensorBoard's `simple_value`); flushed at the end.
         fn log(&mut self, step: u64, metrics: &[(&str, f64)]) -> Result<()> {
+            check_metric_names(step, metrics)?;
             for (name, value) in metrics {
                 self.add_scalar(&hf_tag(name), *value as f32, step)?;
             }
@@ -211,16 +212,17 @@ mod tests {
             text,
             "{\"step\":1,\"loss\":2.5,\"learning_rate\":0.0001}\n{\"step\":2,\"eval_loss\":2.0}\n"
         );
-        // Flushed on each log: the file holds the header and the three events (plus the loss
-        // the failing call wrote before the JSONL sink rejected it).
+        // Flushed on each log, without waiting for drop: the header and exactly the three
+        // events (the rejected call wrote nothing), each with a wall time and a 1-byte step.
         let bytes = std::fs::read(&tb_path).unwrap();
-        let mut expected = EventEncoder::new(0.0).bytes().len();
-        for tag in ["train/loss", "train/learning_rate", "eval/loss", "train/loss"] {
+        let mut expected = EventEncoder::new(1.0).bytes().len();
+        for tag in ["train/loss", "train/learning_rate", "eval/loss"] {
             let mut one = EventEncoder::default();
             one.add_scalar(tag, 0.0, 1, 1.0).unwrap();
-            expected += one.bytes().len() + 9 - 1; // wall time present (+9), file header absent
+            expected += one.bytes().len();
         }
-        assert_eq!(bytes.len(), expected + 8 /* file_version wall time */);
+        assert_eq!(bytes.len(), expected);
+        drop(sinks);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
