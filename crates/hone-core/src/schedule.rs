@@ -123,8 +123,7 @@ impl LrSchedule {
             ScheduleKind::Cosine => {
                 let num_cycles = 0.5;
                 let progress = (step_i - warmup) as f64 / (total - warmup).max(1) as f64;
-                let x =
-                    0.5 * (1.0 + (std::f64::consts::PI * num_cycles * 2.0 * progress).cos());
+                let x = 0.5 * (1.0 + (std::f64::consts::PI * num_cycles * 2.0 * progress).cos());
                 non_negative(x)
             }
         }

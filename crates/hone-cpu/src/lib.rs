@@ -8,6 +8,7 @@ pub mod model;
 pub mod ops;
 mod parallel;
 pub mod session;
+pub mod train;
 #[cfg(test)]
 mod testutil;
 

@@ -377,16 +377,61 @@ mod tests {
     #[test]
     fn validation_names_the_bad_field() {
         let bad = [
-            (LoraConfig { r: 0, ..LoraConfig::default() }, "'r'"),
-            (LoraConfig { lora_alpha: 0.0, ..LoraConfig::default() }, "'lora_alpha'"),
-            (LoraConfig { lora_alpha: -1.0, ..LoraConfig::default() }, "'lora_alpha'"),
-            (LoraConfig { lora_dropout: 1.0, ..LoraConfig::default() }, "'lora_dropout'"),
-            (LoraConfig { lora_dropout: -0.1, ..LoraConfig::default() }, "'lora_dropout'"),
-            (LoraConfig { lora_dropout: f64::NAN, ..LoraConfig::default() }, "'lora_dropout'"),
-            (cfg(&[]), "'target_modules'"),
-            (LoraConfig { bias: "all".into(), ..LoraConfig::default() }, "'bias'"),
             (
-                LoraConfig { modules_to_save: vec!["norm".into()], ..LoraConfig::default() },
+                LoraConfig {
+                    r: 0,
+                    ..LoraConfig::default()
+                },
+                "'r'",
+            ),
+            (
+                LoraConfig {
+                    lora_alpha: 0.0,
+                    ..LoraConfig::default()
+                },
+                "'lora_alpha'",
+            ),
+            (
+                LoraConfig {
+                    lora_alpha: -1.0,
+                    ..LoraConfig::default()
+                },
+                "'lora_alpha'",
+            ),
+            (
+                LoraConfig {
+                    lora_dropout: 1.0,
+                    ..LoraConfig::default()
+                },
+                "'lora_dropout'",
+            ),
+            (
+                LoraConfig {
+                    lora_dropout: -0.1,
+                    ..LoraConfig::default()
+                },
+                "'lora_dropout'",
+            ),
+            (
+                LoraConfig {
+                    lora_dropout: f64::NAN,
+                    ..LoraConfig::default()
+                },
+                "'lora_dropout'",
+            ),
+            (cfg(&[]), "'target_modules'"),
+            (
+                LoraConfig {
+                    bias: "all".into(),
+                    ..LoraConfig::default()
+                },
+                "'bias'",
+            ),
+            (
+                LoraConfig {
+                    modules_to_save: vec!["norm".into()],
+                    ..LoraConfig::default()
+                },
                 "'modules_to_save'",
             ),
         ];
@@ -394,9 +439,12 @@ mod tests {
             let e = c.validate().unwrap_err().to_string();
             assert!(e.contains(field), "{e}");
         }
-        LoraConfig { lora_dropout: 0.99, ..LoraConfig::default() }
-            .validate()
-            .unwrap();
+        LoraConfig {
+            lora_dropout: 0.99,
+            ..LoraConfig::default()
+        }
+        .validate()
+        .unwrap();
     }
 
     #[test]
@@ -419,7 +467,9 @@ mod tests {
     #[test]
     fn names_suffixes_and_full_paths_match_as_in_peft() {
         let spec = tiny_spec();
-        let t = cfg(&["v_proj", "q_proj", "q_proj"]).resolve_targets(&spec).unwrap();
+        let t = cfg(&["v_proj", "q_proj", "q_proj"])
+            .resolve_targets(&spec)
+            .unwrap();
         let paths: Vec<&str> = t.iter().map(|t| t.module_path.as_str()).collect();
         assert_eq!(
             paths,
@@ -447,13 +497,28 @@ mod tests {
     #[test]
     fn unknown_targets_list_the_valid_ones() {
         let spec = tiny_spec();
-        for bad in ["qproj", "proj", "lm_head", "model.layers.2.self_attn.q_proj", "mlp"] {
-            let e = cfg(&["q_proj", bad]).resolve_targets(&spec).unwrap_err().to_string();
+        for bad in [
+            "qproj",
+            "proj",
+            "lm_head",
+            "model.layers.2.self_attn.q_proj",
+            "mlp",
+        ] {
+            let e = cfg(&["q_proj", bad])
+                .resolve_targets(&spec)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(&format!("'{bad}'")), "{e}");
-            assert!(e.contains("q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj"), "{e}");
+            assert!(
+                e.contains("q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj"),
+                "{e}"
+            );
             assert!(e.contains("all-linear"), "{e}");
         }
-        let e = cfg(&["lm_head"]).resolve_targets(&spec).unwrap_err().to_string();
+        let e = cfg(&["lm_head"])
+            .resolve_targets(&spec)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("modules_to_save"), "{e}");
     }
 
@@ -469,7 +534,9 @@ mod tests {
             assert_eq!(serde_json::to_string(&init).unwrap(), json);
             assert_eq!(init.to_json().to_string(), json);
         }
-        let e = serde_json::from_str::<LoraInit>("\"pissa\"").unwrap_err().to_string();
+        let e = serde_json::from_str::<LoraInit>("\"pissa\"")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("pissa") && e.contains("gaussian"), "{e}");
     }
 }

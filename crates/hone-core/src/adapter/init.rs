@@ -81,7 +81,12 @@ fn normal_values(rng: &mut SplitMix64, n: usize, std: f64) -> Vec<f32> {
 }
 
 /// Initial values of A (`[r, in]`, row-major) for one target.
-pub(crate) fn init_a(init: LoraInit, r: usize, in_features: usize, rng: &mut SplitMix64) -> Vec<f32> {
+pub(crate) fn init_a(
+    init: LoraInit,
+    r: usize,
+    in_features: usize,
+    rng: &mut SplitMix64,
+) -> Vec<f32> {
     let n = r * in_features;
     match init {
         // kaiming_uniform_(a=√5) on a [r, in] weight: gain √(2/(1+5)), bound gain·√3/√fan_in.
@@ -93,7 +98,12 @@ pub(crate) fn init_a(init: LoraInit, r: usize, in_features: usize, rng: &mut Spl
 }
 
 /// Initial values of B (`[out, r]`, row-major) for one target.
-pub(crate) fn init_b(init: LoraInit, r: usize, out_features: usize, rng: &mut SplitMix64) -> Vec<f32> {
+pub(crate) fn init_b(
+    init: LoraInit,
+    r: usize,
+    out_features: usize,
+    rng: &mut SplitMix64,
+) -> Vec<f32> {
     let n = out_features * r;
     match init {
         LoraInit::Default | LoraInit::Gaussian => vec![0.0; n],
@@ -148,7 +158,9 @@ mod tests {
         // U(-b, b): mean 0, std b/√3. 12288 draws: 1.5% relative error on std is > 5 sigma.
         assert!(mean.abs() < 0.03 * bound, "{mean}");
         assert!((std / (bound / 3f64.sqrt()) - 1.0).abs() < 0.015, "{std}");
-        assert!(init_b(LoraInit::Default, r, 576, &mut g).iter().all(|&x| x == 0.0));
+        assert!(init_b(LoraInit::Default, r, 576, &mut g)
+            .iter()
+            .all(|&x| x == 0.0));
     }
 
     #[test]
@@ -160,7 +172,9 @@ mod tests {
         let (mean, std) = mean_std(&a);
         assert!(mean.abs() < 0.01, "{mean}");
         assert!((std / 0.25 - 1.0).abs() < 0.02, "{std}");
-        assert!(init_b(LoraInit::Gaussian, r, 64, &mut g).iter().all(|&x| x == 0.0));
+        assert!(init_b(LoraInit::Gaussian, r, 64, &mut g)
+            .iter()
+            .all(|&x| x == 0.0));
         let b = init_b(LoraInit::NoInit, r, 3000, &mut g);
         assert!(b.iter().all(|&x| x.abs() <= 0.5));
         let (_, std) = mean_std(&b);

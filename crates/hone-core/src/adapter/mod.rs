@@ -47,7 +47,9 @@ pub fn saved_module_key(weight_name: &str) -> String {
 /// One f32 tensor of an adapter: shape (PyTorch order) and row-major values.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdapterTensor {
+    /// Shape in PyTorch order (`[r, in]` for A, `[out, r]` for B).
     pub shape: Vec<usize>,
+    /// Row-major values.
     pub values: Vec<f32>,
 }
 
@@ -76,7 +78,9 @@ impl AdapterTensor {
 /// `modules_to_save` weights), all f32.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoraAdapter {
+    /// Hyper-parameters (from adapter_config.json when loaded).
     pub config: LoraConfig,
+    /// Trainable tensors by PEFT key.
     pub tensors: BTreeMap<String, AdapterTensor>,
     /// `base_model_name_or_path` of the adapter_config.json it was read from, if any.
     pub base_model_name_or_path: Option<String>,
@@ -138,7 +142,10 @@ impl LoraAdapter {
                 return Err(Error::tensor(
                     &base.source,
                     source_name,
-                    format!("shape {:?}, expected {:?} from the model config", w.shape, m.shape),
+                    format!(
+                        "shape {:?}, expected {:?} from the model config",
+                        w.shape, m.shape
+                    ),
                 ));
             }
             tensors.insert(
@@ -184,7 +191,9 @@ impl LoraAdapter {
             .tensors
             .iter()
             .filter_map(|(key, a)| {
-                let module = key.strip_prefix(PEFT_PREFIX)?.strip_suffix(".lora_A.weight")?;
+                let module = key
+                    .strip_prefix(PEFT_PREFIX)?
+                    .strip_suffix(".lora_A.weight")?;
                 let b = self.lora_b(module)?;
                 Some(LoraTarget {
                     module_path: module.to_string(),
@@ -205,7 +214,10 @@ impl LoraAdapter {
         let other = "(adapter for another model?)";
         let targets = self.config.resolve_targets(spec).map_err(|e| {
             Error::format(
-                self.source.as_deref().unwrap_or(Path::new(".")).join(ADAPTER_CONFIG_FILE),
+                self.source
+                    .as_deref()
+                    .unwrap_or(Path::new("."))
+                    .join(ADAPTER_CONFIG_FILE),
                 format!("{e} {other}"),
             )
         })?;
@@ -305,4 +317,4 @@ fn module_order(path: &str) -> (usize, usize, String) {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -193,7 +193,11 @@ impl LoraAdapter {
         LoraAdapter::from_peft_parts(config_path.as_ref(), config, weights)
     }
 
-    fn from_peft_parts(config_path: &Path, config: &[u8], weights: SafetensorsFile) -> Result<Self> {
+    fn from_peft_parts(
+        config_path: &Path,
+        config: &[u8],
+        weights: SafetensorsFile,
+    ) -> Result<Self> {
         let obj = parse_json_object(config_path, config)?;
         let (config, base) = parse_peft_config(config_path, &obj)?;
         let path = weights.path.clone();
@@ -201,7 +205,10 @@ impl LoraAdapter {
         for t in &weights.tensors {
             let bad = |msg: String| Error::tensor(&path, &t.name, msg);
             if t.shape.len() != 2 {
-                return Err(bad(format!("shape {:?}: adapter tensors are matrices", t.shape)));
+                return Err(bad(format!(
+                    "shape {:?}: adapter tensors are matrices",
+                    t.shape
+                )));
             }
             let Some(rest) = t.name.strip_prefix(PEFT_PREFIX) else {
                 return Err(bad(format!(
@@ -227,10 +234,17 @@ impl LoraAdapter {
                     )));
                 }
                 if weights.get(&super::lora_a_key(module)).is_none() {
-                    return Err(bad(format!("has no partner '{}'", super::lora_a_key(module))));
+                    return Err(bad(format!(
+                        "has no partner '{}'",
+                        super::lora_a_key(module)
+                    )));
                 }
             } else if !config.modules_to_save.iter().any(|m| {
-                let weight = if m == "lm_head" { "lm_head.weight" } else { "model.embed_tokens.weight" };
+                let weight = if m == "lm_head" {
+                    "lm_head.weight"
+                } else {
+                    "model.embed_tokens.weight"
+                };
                 t.name == saved_module_key(weight)
             }) {
                 return Err(bad(
@@ -239,7 +253,10 @@ impl LoraAdapter {
                         .into(),
                 ));
             }
-            tensors.insert(t.name.clone(), AdapterTensor::new(t.shape.clone(), t.to_f32())?);
+            tensors.insert(
+                t.name.clone(),
+                AdapterTensor::new(t.shape.clone(), t.to_f32())?,
+            );
         }
         Ok(LoraAdapter {
             config,
@@ -302,8 +319,15 @@ pub(crate) fn parse_peft_config(
         None => LoraInit::Default,
         Some(Value::Bool(true)) => LoraInit::Default,
         Some(Value::Bool(false)) => LoraInit::NoInit,
-        Some(Value::String(s)) => LoraInit::parse(s).map_err(|m| f.invalid("init_lora_weights", m))?,
-        Some(v) => return Err(f.invalid("init_lora_weights", format!("expected true, false or a name, got {}", short(v)))),
+        Some(Value::String(s)) => {
+            LoraInit::parse(s).map_err(|m| f.invalid("init_lora_weights", m))?
+        }
+        Some(v) => {
+            return Err(f.invalid(
+                "init_lora_weights",
+                format!("expected true, false or a name, got {}", short(v)),
+            ))
+        }
     };
     let config = LoraConfig {
         r: f.usize("r")?.unwrap_or(defaults.r),

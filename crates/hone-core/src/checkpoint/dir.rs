@@ -9,7 +9,9 @@ use crate::error::{Error, Result};
 /// One `checkpoint-{step}` folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckpointEntry {
+    /// The step in the folder name.
     pub step: u64,
+    /// The folder.
     pub path: PathBuf,
     /// `hone_state.json` parses and every file it lists is present with its recorded size
     /// (checksums are verified by `Checkpoint::load`).
@@ -60,7 +62,11 @@ pub fn list(checkpoints_dir: impl AsRef<Path>) -> Result<Vec<CheckpointEntry>> {
             continue;
         }
         let complete = is_complete(&path);
-        out.push(CheckpointEntry { step, path, complete });
+        out.push(CheckpointEntry {
+            step,
+            path,
+            complete,
+        });
     }
     out.sort_by_key(|e| e.step);
     Ok(out)
@@ -102,7 +108,11 @@ pub fn rotate(
     let mut quota = save_total_limit;
     if let Some(b) = best_idx {
         keep.insert(b);
-        quota = if b + 1 == complete.len() { quota - 1 } else { (quota - 1).max(1) };
+        quota = if b + 1 == complete.len() {
+            quota - 1
+        } else {
+            (quota - 1).max(1)
+        };
     }
     for i in (0..complete.len()).rev() {
         if quota == 0 {

@@ -72,7 +72,9 @@ impl ModelFingerprint {
         let mut fp = ModelFingerprint::of_spec(spec);
         let mut buf = Vec::new();
         for (name, t) in &weights.tensors {
-            buf.extend_from_slice(format!("{name}:{}:{:?}:{};", t.dtype, t.shape, t.data.len()).as_bytes());
+            buf.extend_from_slice(
+                format!("{name}:{}:{:?}:{};", t.dtype, t.shape, t.data.len()).as_bytes(),
+            );
             let bytes = t.data.as_slice();
             if bytes.len() <= SAMPLE_BYTES {
                 buf.extend_from_slice(bytes);
@@ -97,7 +99,9 @@ impl ModelFingerprint {
                 current.arch.get(k).unwrap_or(&null),
             );
             if a != b {
-                return Some(format!("{k} is {a} in the checkpoint but {b} in this model"));
+                return Some(format!(
+                    "{k} is {a} in the checkpoint but {b} in this model"
+                ));
             }
         }
         if self.tensors_fnv1a64 != current.tensors_fnv1a64 {

@@ -27,8 +27,7 @@ pub use dir::{latest, list, rotate, CheckpointEntry};
 pub use fingerprint::ModelFingerprint;
 
 use crate::adapter::{
-    fnv1a64, LoraAdapter, LoraConfig, LoraTarget, ADAPTER_CONFIG_FILE,
-    ADAPTER_WEIGHTS_FILE,
+    fnv1a64, LoraAdapter, LoraConfig, LoraTarget, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE,
 };
 use crate::error::{Error, Result};
 use crate::safetensors::{serialize_safetensors, SafetensorsFile, TensorView};
@@ -79,7 +78,9 @@ pub struct AdamWState {
 /// Where the data loader stands: the next example of `epoch` is number `index`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct DataPosition {
+    /// Epoch being read (0-based).
     pub epoch: u64,
+    /// Index of the next example within that epoch's order.
     pub index: u64,
 }
 
@@ -249,7 +250,12 @@ impl Checkpoint {
     /// Check that the parts fit together: tensor lengths match shapes, the optimizer has
     /// moments for exactly the adapter's tensors (or none yet), numbers are finite.
     pub fn validate(&self) -> Result<()> {
-        let bad = |msg: String| Err(Error::Invalid(format!("checkpoint at step {}: {msg}", self.step)));
+        let bad = |msg: String| {
+            Err(Error::Invalid(format!(
+                "checkpoint at step {}: {msg}",
+                self.step
+            )))
+        };
         self.adapter.config.validate()?;
         for (k, t) in &self.adapter.tensors {
             if t.shape.iter().product::<usize>() != t.values.len() {
@@ -276,8 +282,13 @@ impl Checkpoint {
                         Some(_) => {}
                     }
                 }
-                if let Some(k) = moments.keys().find(|k| !self.adapter.tensors.contains_key(*k)) {
-                    return bad(format!("optimizer {name} has an entry for '{k}', which the adapter lacks"));
+                if let Some(k) = moments
+                    .keys()
+                    .find(|k| !self.adapter.tensors.contains_key(*k))
+                {
+                    return bad(format!(
+                        "optimizer {name} has an entry for '{k}', which the adapter lacks"
+                    ));
                 }
             }
         }
@@ -296,7 +307,11 @@ impl Checkpoint {
         let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
         for (suffix, moments) in [("exp_avg", &o.exp_avg), ("exp_avg_sq", &o.exp_avg_sq)] {
             for (k, m) in moments {
-                let shape = self.adapter.tensors.get(k).map_or_else(|| vec![m.len()], |t| t.shape.clone());
+                let shape = self
+                    .adapter
+                    .tensors
+                    .get(k)
+                    .map_or_else(|| vec![m.len()], |t| t.shape.clone());
                 owned.push((format!("{k}.{suffix}"), shape, f32_bytes(m)));
             }
         }
@@ -321,7 +336,10 @@ impl Checkpoint {
         let mut m: BTreeMap<&str, Value> = BTreeMap::from([
             ("best_global_step", self.best_global_step.into()),
             ("best_metric", self.best_metric.into()),
-            ("best_model_checkpoint", self.best_model_checkpoint.clone().into()),
+            (
+                "best_model_checkpoint",
+                self.best_model_checkpoint.clone().into(),
+            ),
             ("epoch", self.epoch.into()),
             ("global_step", self.step.into()),
             ("is_hyper_param_search", false.into()),
@@ -348,7 +366,8 @@ impl Checkpoint {
 
     /// Write `checkpoints_dir/checkpoint-{step}/` atomically and return its path. On any error
     /// (a full disk included) the temporary folder is removed, the error names the file, and
-    /// earlier checkpoints are untouched. An existing folder of the same step is replaced.
+    /// earlier checkpoints are untouched. An existing folder of the same step is replaced
+    /// (moved to `checkpoint-{step}.old-{pid}` for the instant of the swap, then deleted).
     pub fn save(&self, checkpoints_dir: impl AsRef<Path>) -> Result<PathBuf> {
         self.validate()?;
         let parent = checkpoints_dir.as_ref();
@@ -388,7 +407,11 @@ impl Checkpoint {
 
     /// Every file of the checkpoint into `dir`, `hone_state.json` last.
     fn write_files(&self, dir: &Path) -> Result<()> {
-        let base = self.adapter.base_model_name_or_path.as_deref().unwrap_or("");
+        let base = self
+            .adapter
+            .base_model_name_or_path
+            .as_deref()
+            .unwrap_or("");
         let (config, weights) = self.adapter.to_peft_bytes(base)?;
         let contents: [(&str, Vec<u8>); 4] = [
             (ADAPTER_WEIGHTS_FILE, weights),
@@ -418,14 +441,19 @@ impl Checkpoint {
             data_position: self.data_position,
             model_fingerprint: self.model_fingerprint.clone(),
             training_config: self.training_config.clone(),
-            loss_history: self.loss_history.iter().map(|&(s, l)| (s, JsonF64(l))).collect(),
+            loss_history: self
+                .loss_history
+                .iter()
+                .map(|&(s, l)| (s, JsonF64(l)))
+                .collect(),
             best_metric: self.best_metric,
             best_model_checkpoint: self.best_model_checkpoint.clone(),
             best_global_step: self.best_global_step,
             files,
         };
         let path = dir.join(HONE_STATE_FILE);
-        let mut bytes = serde_json::to_vec_pretty(&state).map_err(|e| Error::format(&path, e.to_string()))?;
+        let mut bytes =
+            serde_json::to_vec_pretty(&state).map_err(|e| Error::format(&path, e.to_string()))?;
         bytes.push(b'\n');
         write_synced(&path, &bytes)
     }
@@ -468,7 +496,11 @@ impl Checkpoint {
             data_position: state.data_position,
             model_fingerprint: state.model_fingerprint,
             training_config: state.training_config,
-            loss_history: state.loss_history.into_iter().map(|(s, l)| (s, l.0)).collect(),
+            loss_history: state
+                .loss_history
+                .into_iter()
+                .map(|(s, l)| (s, l.0))
+                .collect(),
             best_metric: state.best_metric,
             best_model_checkpoint: state.best_model_checkpoint,
             best_global_step: state.best_global_step,
@@ -481,19 +513,30 @@ impl Checkpoint {
     /// Check that this checkpoint can resume training of `model` with `lora`: same model
     /// (fingerprint), same LoRA shape (r, targets, modules_to_save) and scale. The error says
     /// what differs.
-    pub fn check_resume(&self, model: &ModelFingerprint, lora: &LoraConfig, spec: &ModelSpec) -> Result<()> {
-        let at = self
-            .adapter
-            .source
-            .as_ref()
-            .map_or_else(|| format!("step {}", self.step), |p| p.display().to_string());
-        let fail = |what: String| Err(Error::Invalid(format!("cannot resume from checkpoint {at}: {what}")));
+    pub fn check_resume(
+        &self,
+        model: &ModelFingerprint,
+        lora: &LoraConfig,
+        spec: &ModelSpec,
+    ) -> Result<()> {
+        let at = self.adapter.source.as_ref().map_or_else(
+            || format!("step {}", self.step),
+            |p| p.display().to_string(),
+        );
+        let fail = |what: String| {
+            Err(Error::Invalid(format!(
+                "cannot resume from checkpoint {at}: {what}"
+            )))
+        };
         if let Some(d) = self.model_fingerprint.difference(model) {
             return fail(format!("it was made for another model: {d}"));
         }
         let ours = &self.adapter.config;
         if ours.r != lora.r {
-            return fail(format!("LoRA rank differs: r = {} in the checkpoint, {} in the config", ours.r, lora.r));
+            return fail(format!(
+                "LoRA rank differs: r = {} in the checkpoint, {} in the config",
+                ours.r, lora.r
+            ));
         }
         if ours.lora_alpha != lora.lora_alpha || ours.use_rslora != lora.use_rslora {
             return fail(format!(
@@ -504,11 +547,15 @@ impl Checkpoint {
         let (a, b) = (ours.resolve_targets(spec)?, lora.resolve_targets(spec)?);
         if a != b {
             let only = |x: &[LoraTarget], y: &[LoraTarget]| {
-                x.iter().find(|t| !y.contains(t)).map(|t| t.module_path.clone())
+                x.iter()
+                    .find(|t| !y.contains(t))
+                    .map(|t| t.module_path.clone())
             };
             let detail = match (only(&a, &b), only(&b, &a)) {
                 (Some(m), _) => format!("{m} is trained in the checkpoint but not by the config"),
-                (None, Some(m)) => format!("{m} is trained by the config but not in the checkpoint"),
+                (None, Some(m)) => {
+                    format!("{m} is trained by the config but not in the checkpoint")
+                }
                 (None, None) => "the order differs".to_string(),
             };
             return fail(format!(
@@ -566,16 +613,27 @@ fn read_state(dir: &Path) -> Result<HoneState> {
         }
         Err(e) => return Err(Error::io(&path, e)),
     };
-    let state: HoneState = serde_json::from_slice(&bytes)
-        .map_err(|e| Error::format(&path, format!("corrupt or not a hone checkpoint state: {e}")))?;
+    let state: HoneState = serde_json::from_slice(&bytes).map_err(|e| {
+        Error::format(
+            &path,
+            format!("corrupt or not a hone checkpoint state: {e}"),
+        )
+    })?;
     if state.format != STATE_FORMAT {
-        return Err(Error::invalid_field(&path, "format", format!("'{}', expected '{STATE_FORMAT}'", state.format)));
+        return Err(Error::invalid_field(
+            &path,
+            "format",
+            format!("'{}', expected '{STATE_FORMAT}'", state.format),
+        ));
     }
     if state.version > STATE_VERSION {
         return Err(Error::invalid_field(
             &path,
             "version",
-            format!("{} is newer than this hone reads ({STATE_VERSION}); upgrade hone", state.version),
+            format!(
+                "{} is newer than this hone reads ({STATE_VERSION}); upgrade hone",
+                state.version
+            ),
         ));
     }
     Ok(state)
@@ -585,12 +643,18 @@ fn read_state(dir: &Path) -> Result<HoneState> {
 fn read_verified(dir: &Path, file: &str, state: &HoneState) -> Result<Vec<u8>> {
     let path = dir.join(file);
     let rec = state.files.get(file).ok_or_else(|| {
-        Error::format(dir.join(HONE_STATE_FILE), format!("lists no '{file}'; the state file is damaged"))
+        Error::format(
+            dir.join(HONE_STATE_FILE),
+            format!("lists no '{file}'; the state file is damaged"),
+        )
     })?;
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Error::format(&path, "missing: the checkpoint is incomplete"));
+            return Err(Error::format(
+                &path,
+                "missing: the checkpoint is incomplete",
+            ));
         }
         Err(e) => return Err(Error::io(&path, e)),
     };
@@ -608,14 +672,22 @@ fn read_verified(dir: &Path, file: &str, state: &HoneState) -> Result<Vec<u8>> {
     if sum != rec.fnv1a64 {
         return Err(Error::format(
             &path,
-            format!("corrupt: checksum {sum} but the checkpoint wrote {}", rec.fnv1a64),
+            format!(
+                "corrupt: checksum {sum} but the checkpoint wrote {}",
+                rec.fnv1a64
+            ),
         ));
     }
     Ok(bytes)
 }
 
 /// AdamW moments from `optimizer.safetensors`, checked against the adapter's tensors.
-fn read_optimizer(path: &Path, bytes: Vec<u8>, step: u64, adapter: &LoraAdapter) -> Result<AdamWState> {
+fn read_optimizer(
+    path: &Path,
+    bytes: Vec<u8>,
+    step: u64,
+    adapter: &LoraAdapter,
+) -> Result<AdamWState> {
     let file = SafetensorsFile::from_bytes(path, Bytes::from_vec(bytes))?;
     let mut state = AdamWState {
         step,
@@ -627,16 +699,27 @@ fn read_optimizer(path: &Path, bytes: Vec<u8>, step: u64, adapter: &LoraAdapter)
         } else if let Some(k) = t.name.strip_suffix(".exp_avg") {
             (k, &mut state.exp_avg)
         } else {
-            return Err(Error::tensor(path, &t.name, "not an AdamW moment (names end in .exp_avg or .exp_avg_sq)"));
+            return Err(Error::tensor(
+                path,
+                &t.name,
+                "not an AdamW moment (names end in .exp_avg or .exp_avg_sq)",
+            ));
         };
         let Some(p) = adapter.tensors.get(key) else {
-            return Err(Error::tensor(path, &t.name, format!("the adapter has no tensor '{key}'")));
+            return Err(Error::tensor(
+                path,
+                &t.name,
+                format!("the adapter has no tensor '{key}'"),
+            ));
         };
         if t.shape != p.shape || t.dtype != DType::F32 {
             return Err(Error::tensor(
                 path,
                 &t.name,
-                format!("{} {:?}, expected F32 {:?} like the adapter tensor", t.dtype, t.shape, p.shape),
+                format!(
+                    "{} {:?}, expected F32 {:?} like the adapter tensor",
+                    t.dtype, t.shape, p.shape
+                ),
             ));
         }
         moments.insert(key.to_string(), t.to_f32());

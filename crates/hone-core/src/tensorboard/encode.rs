@@ -108,9 +108,14 @@ impl EventEncoder {
             return Err(Error::Invalid("tensorboard: empty scalar tag".into()));
         }
         let step = i64::try_from(step).map_err(|_| {
-            Error::Invalid(format!("tensorboard: step {step} of '{tag}' does not fit an int64"))
+            Error::Invalid(format!(
+                "tensorboard: step {step} of '{tag}' does not fit an int64"
+            ))
         })?;
-        encode_record(&scalar_event(wall_time, step, tag, value), &mut self.pending);
+        encode_record(
+            &scalar_event(wall_time, step, tag, value),
+            &mut self.pending,
+        );
         Ok(())
     }
 
@@ -144,7 +149,10 @@ mod tests {
     #[test]
     fn file_version_event_and_record_match_tensorboard() {
         let event = file_version_event(1.5);
-        assert_eq!(hex(&event), "09000000000000f83f1a0d627261696e2e4576656e743a32");
+        assert_eq!(
+            hex(&event),
+            "09000000000000f83f1a0d627261696e2e4576656e743a32"
+        );
         let mut record = Vec::new();
         encode_record(&event, &mut record);
         assert_eq!(
@@ -170,7 +178,8 @@ mod tests {
     #[test]
     fn large_step_and_nan_record_match_tensorboard_record_writer() {
         let mut enc = EventEncoder::default();
-        enc.add_scalar("eval/loss", f32::NAN, 1 << 40, 1_700_000_000.125).unwrap();
+        enc.add_scalar("eval/loss", f32::NAN, 1 << 40, 1_700_000_000.125)
+            .unwrap();
         assert_eq!(
             hex(enc.bytes()),
             "2400000000000000422b804d0900000840fc54d941108080808080202a120a100a096576616c2f6c6f7373150000c07f7da23a9f"
@@ -181,10 +190,13 @@ mod tests {
     fn rejects_empty_tags_and_steps_beyond_int64() {
         let mut enc = EventEncoder::new(1.0);
         assert!(enc.add_scalar("", 1.0, 0, 1.0).is_err());
-        let err = enc.add_scalar("train/loss", 1.0, u64::MAX, 1.0).unwrap_err();
+        let err = enc
+            .add_scalar("train/loss", 1.0, u64::MAX, 1.0)
+            .unwrap_err();
         assert!(err.to_string().contains("int64"), "{err}");
         let before = enc.bytes().len();
-        enc.add_scalar("train/loss", 1.0, i64::MAX as u64, 1.0).unwrap();
+        enc.add_scalar("train/loss", 1.0, i64::MAX as u64, 1.0)
+            .unwrap();
         assert!(enc.bytes().len() > before);
         let taken = enc.take_bytes();
         assert!(taken.len() > before && enc.bytes().is_empty());

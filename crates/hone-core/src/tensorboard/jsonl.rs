@@ -118,7 +118,12 @@ mod tests {
     fn writes_step_first_then_metrics_in_order_as_strict_json() {
         let line = metrics_json_line(
             10,
-            &[("epoch", 0.5), ("loss", 1.25), ("learning_rate", 2e-4), ("grad_norm", f64::NAN)],
+            &[
+                ("epoch", 0.5),
+                ("loss", 1.25),
+                ("learning_rate", 2e-4),
+                ("grad_norm", f64::NAN),
+            ],
         )
         .unwrap();
         assert_eq!(

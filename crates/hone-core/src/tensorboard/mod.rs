@@ -12,9 +12,9 @@ mod jsonl;
 
 pub use crc32c::{crc32c, masked_crc32c};
 pub use encode::{encode_record, file_version_event, scalar_event, EventEncoder, FILE_VERSION};
-pub use jsonl::{check_metric_names, metrics_json_line};
 #[cfg(not(target_arch = "wasm32"))]
 pub use jsonl::MetricsJsonl;
+pub use jsonl::{check_metric_names, metrics_json_line};
 #[cfg(not(target_arch = "wasm32"))]
 pub use writer::EventWriter;
 
@@ -79,7 +79,13 @@ mod writer {
         let name: String = raw
             .trim()
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         if name.is_empty() {
             "localhost".to_string()
@@ -154,7 +160,9 @@ mod writer {
 
         fn write_pending(&mut self) -> Result<()> {
             let bytes = self.encoder.take_bytes();
-            self.file.write_all(&bytes).map_err(|e| Error::io(&self.path, e))
+            self.file
+                .write_all(&bytes)
+                .map_err(|e| Error::io(&self.path, e))
         }
     }
 
@@ -198,13 +206,22 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let tb = EventWriter::create(dir.join("runs")).unwrap();
         let tb2 = EventWriter::create(dir.join("runs")).unwrap();
-        assert_ne!(tb.path(), tb2.path(), "a second writer must not reuse the file");
+        assert_ne!(
+            tb.path(),
+            tb2.path(),
+            "a second writer must not reuse the file"
+        );
         let name = tb.path().file_name().unwrap().to_str().unwrap().to_string();
-        assert!(name.starts_with("events.out.tfevents.") && name.ends_with(".hone"), "{name}");
+        assert!(
+            name.starts_with("events.out.tfevents.") && name.ends_with(".hone"),
+            "{name}"
+        );
         let tb_path = tb.path().to_path_buf();
         let jsonl = MetricsJsonl::create(dir.join("metrics.jsonl")).unwrap();
         let mut sinks: Vec<Box<dyn MetricsSink>> = vec![Box::new(tb), Box::new(jsonl)];
-        sinks.log(1, &[("loss", 2.5), ("learning_rate", 1e-4)]).unwrap();
+        sinks
+            .log(1, &[("loss", 2.5), ("learning_rate", 1e-4)])
+            .unwrap();
         sinks.log(2, &[("eval_loss", 2.0)]).unwrap();
         assert!(sinks.log(3, &[("loss", 1.0), ("loss", 1.0)]).is_err());
         let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();

@@ -1,0 +1,1098 @@
+//! `CpuEngine`: LoRA training of a frozen Llama-family model on the CPU. Frozen weights stay in
+//! their stored type (dequantized a tile at a time inside each matmul); the LoRA matrices, their
+//! gradients and the AdamW moments live in flat f32 buffers (one region per matrix). The forward
+//! saves what the backward needs in buffers planned from (batch, seq) and reused until the shape
+//! grows; with gradient checkpointing only each layer's input is kept and the layer is
+//! recomputed during the backward.
+
+use hone_core::engine::{
+    AdamW, Engine, LoraSetup, LossSum, MicroBatch, NamedTensor, OptimizerState, StepStats,
+};
+use hone_core::{Error, ModelSpec, Result, WeightStore};
+
+use super::adamw::{adamw_step, clip_grads, grad_norm};
+use super::dropout::{dropout_backward, dropout_forward, DropoutMask};
+use super::linalg::matmul_backward;
+use super::lora::{lora_backward, lora_forward, LoraShape};
+use super::loss::{cross_entropy, shifted_targets, LmHead, LossScratch};
+use super::ops::{
+    attention_backward, attention_forward, rmsnorm_backward, rmsnorm_forward, rmsnorm_recompute,
+    rope_backward, rope_forward_batch, swiglu_backward, swiglu_forward_into, SeqAttention,
+};
+use crate::matmul::{matmul_forward, Weight};
+use crate::ops::{embedding_forward, residual_forward, rope_tables};
+
+/// Options of the CPU training engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuTrainOptions {
+    /// Keep only each layer's input during the forward and recompute the layer in the backward.
+    pub gradient_checkpointing: bool,
+    /// Convert frozen weights to f32 once at load instead of dequantizing tiles in each matmul.
+    pub dequantize_at_load: bool,
+    /// Rows of logits the loss computes at once (memory: rows x vocab x 4 bytes).
+    pub loss_chunk_rows: usize,
+}
+
+impl Default for CpuTrainOptions {
+    fn default() -> Self {
+        CpuTrainOptions {
+            gradient_checkpointing: false,
+            dequantize_at_load: false,
+            loss_chunk_rows: 256,
+        }
+    }
+}
+
+/// The seven projections of a decoder layer that LoRA can adapt, in PEFT's usual order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Proj {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+const PROJS: [Proj; 7] = [
+    Proj::Q,
+    Proj::K,
+    Proj::V,
+    Proj::O,
+    Proj::Gate,
+    Proj::Up,
+    Proj::Down,
+];
+
+impl Proj {
+    /// Module path inside a layer (`self_attn.q_proj`).
+    fn path(self) -> &'static str {
+        match self {
+            Proj::Q => "self_attn.q_proj",
+            Proj::K => "self_attn.k_proj",
+            Proj::V => "self_attn.v_proj",
+            Proj::O => "self_attn.o_proj",
+            Proj::Gate => "mlp.gate_proj",
+            Proj::Up => "mlp.up_proj",
+            Proj::Down => "mlp.down_proj",
+        }
+    }
+
+    /// (in_features, out_features) under `spec`.
+    fn dims(self, spec: &ModelSpec) -> (usize, usize) {
+        let (h, q, kv, f) = (
+            spec.hidden_size,
+            spec.q_dim(),
+            spec.kv_dim(),
+            spec.intermediate_size,
+        );
+        match self {
+            Proj::Q => (h, q),
+            Proj::K | Proj::V => (h, kv),
+            Proj::O => (q, h),
+            Proj::Gate | Proj::Up => (h, f),
+            Proj::Down => (f, h),
+        }
+    }
+
+    fn has_bias(self, spec: &ModelSpec) -> bool {
+        match self {
+            Proj::Q | Proj::K | Proj::V => spec.has_qkv_bias(),
+            Proj::O => spec.has_o_bias(),
+            _ => spec.mlp_bias,
+        }
+    }
+}
+
+/// A frozen linear layer: weight `[out, in]` in its stored type, optional bias.
+#[derive(Debug)]
+struct Frozen {
+    weight: Weight,
+    bias: Option<Vec<f32>>,
+}
+
+impl Frozen {
+    fn forward(&self, out: &mut [f32], inp: &[f32], m: usize) {
+        matmul_forward(out, inp, &self.weight, self.bias.as_deref(), m);
+    }
+}
+
+#[derive(Debug)]
+struct FrozenLayer {
+    input_norm: Vec<f32>,
+    post_norm: Vec<f32>,
+    /// Indexed by `Proj as usize`.
+    proj: Vec<Frozen>,
+}
+
+/// The frozen base model.
+#[derive(Debug)]
+struct Base {
+    spec: ModelSpec,
+    embed: Weight,
+    lm_head: Weight,
+    final_norm: Vec<f32>,
+    layers: Vec<FrozenLayer>,
+    inv_freq: Vec<f32>,
+    eps: f32,
+}
+
+/// One adapted projection and where its matrices live in the flat buffers.
+#[derive(Debug)]
+struct Slot {
+    module: String,
+    in_f: usize,
+    out_f: usize,
+    /// Offset of A `[rank, in]`; B `[out, rank]` follows it.
+    a: usize,
+    b: usize,
+}
+
+/// LoRA rank, scale, dropout and the adapted projections.
+#[derive(Debug)]
+struct LoraLayout {
+    rank: usize,
+    scale: f32,
+    dropout: f32,
+    slots: Vec<Slot>,
+    /// `slot_of[layer][proj]`: index into `slots`.
+    slot_of: Vec<[Option<usize>; 7]>,
+    total: usize,
+}
+
+/// Sizes of one micro-batch through the model.
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    seq: usize,
+    n: usize,
+    h: usize,
+    qd: usize,
+    kvd: usize,
+    ffn: usize,
+    half: usize,
+    rank: usize,
+    att: SeqAttention,
+}
+
+/// What the backward of one layer needs, saved by its forward.
+#[derive(Debug, Default)]
+struct LayerActs {
+    rstd1: Vec<f32>,
+    rstd2: Vec<f32>,
+    x_mid: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    att: Vec<f32>,
+    lse: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    /// `x @ A^T` of each projection, `[7][n, rank]`.
+    lora_u: Vec<f32>,
+}
+
+impl LayerActs {
+    fn new(d: &Dims) -> Self {
+        let n = d.n;
+        LayerActs {
+            rstd1: vec![0.0; n],
+            rstd2: vec![0.0; n],
+            x_mid: vec![0.0; n * d.h],
+            q: vec![0.0; n * d.qd],
+            k: vec![0.0; n * d.kvd],
+            v: vec![0.0; n * d.kvd],
+            att: vec![0.0; n * d.qd],
+            lse: vec![0.0; n * d.att.n_heads],
+            gate: vec![0.0; n * d.ffn],
+            up: vec![0.0; n * d.ffn],
+            lora_u: vec![0.0; 7 * n * d.rank],
+        }
+    }
+}
+
+/// Working buffers shared by all layers.
+#[derive(Debug, Default)]
+struct Scratch {
+    xn: Vec<f32>,
+    proj: Vec<f32>,
+    hsw: Vec<f32>,
+    dres: Vec<f32>,
+    dxn: Vec<f32>,
+    dq: Vec<f32>,
+    dk: Vec<f32>,
+    dv: Vec<f32>,
+    datt: Vec<f32>,
+    dh: Vec<f32>,
+    dgate: Vec<f32>,
+    dup: Vec<f32>,
+    xdrop: Vec<f32>,
+    dxdrop: Vec<f32>,
+    du: Vec<f32>,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    loss: LossScratch,
+}
+
+impl Scratch {
+    fn new(d: &Dims, with_dropout: bool) -> Self {
+        let n = d.n;
+        let max_in = d.h.max(d.qd).max(d.ffn);
+        let drop = if with_dropout { n * max_in } else { 0 };
+        Scratch {
+            xn: vec![0.0; n * d.h],
+            proj: vec![0.0; n * d.h],
+            hsw: vec![0.0; n * d.ffn],
+            dres: vec![0.0; n * d.h],
+            dxn: vec![0.0; n * d.h],
+            dq: vec![0.0; n * d.qd],
+            dk: vec![0.0; n * d.kvd],
+            dv: vec![0.0; n * d.kvd],
+            datt: vec![0.0; n * d.qd],
+            dh: vec![0.0; n * d.ffn],
+            dgate: vec![0.0; n * d.ffn],
+            dup: vec![0.0; n * d.ffn],
+            xdrop: vec![0.0; drop],
+            dxdrop: vec![0.0; drop],
+            du: vec![0.0; n * d.rank],
+            cos: vec![0.0; d.seq * d.half],
+            sin: vec![0.0; d.seq * d.half],
+            loss: LossScratch::default(),
+        }
+    }
+}
+
+/// Activation memory, planned for up to `tokens` tokens in sequences of up to `seq`.
+#[derive(Debug, Default)]
+struct Acts {
+    tokens: usize,
+    seq: usize,
+    /// The residual stream at the input of each layer and after the last, `[layers + 1][n, h]`.
+    xs: Vec<f32>,
+    /// Every layer's saved activations, or one set (checkpointing; evaluation).
+    layers: Vec<LayerActs>,
+    sc: Scratch,
+}
+
+impl Acts {
+    /// Make room for `d` (reallocating only when it is larger than what is planned).
+    fn ensure(&mut self, d: &Dims, n_layers: usize, keep_layers: usize, with_dropout: bool) {
+        if d.n <= self.tokens && d.seq <= self.seq && keep_layers <= self.layers.len() {
+            return;
+        }
+        let plan = Dims {
+            n: d.n.max(self.tokens),
+            seq: d.seq.max(self.seq),
+            ..*d
+        };
+        let keep = keep_layers.max(self.layers.len());
+        // Free the old buffers before allocating the new ones.
+        *self = Acts::default();
+        self.xs = vec![0.0; (n_layers + 1) * plan.n * plan.h];
+        self.layers = (0..keep).map(|_| LayerActs::new(&plan)).collect();
+        self.sc = Scratch::new(&plan, with_dropout);
+        self.tokens = plan.n;
+        self.seq = plan.seq;
+    }
+}
+
+/// The LoRA training engine on the CPU (the numerical reference of hone).
+#[derive(Debug)]
+pub struct CpuEngine {
+    base: Base,
+    lora: LoraLayout,
+    opts: CpuTrainOptions,
+    adamw: AdamW,
+    /// LoRA A/B values, then their gradients and AdamW moments, all in the same layout.
+    params: Vec<f32>,
+    grads: Vec<f32>,
+    exp_avg: Vec<f32>,
+    exp_avg_sq: Vec<f32>,
+    step: u64,
+    dropout_seed: u64,
+    /// Micro-batches since the seed was set (each draws its own masks).
+    micro_batch: u64,
+    acts: Acts,
+}
+
+/// How `CpuEngine::run` treats a micro-batch.
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    Train { grad_scale: f32 },
+    Eval,
+}
+
+impl CpuEngine {
+    /// An engine over `weights` (checked against `spec`) training `lora` with `adamw`. The LoRA
+    /// matrices start at zero: the caller sets their initial values with `set_params`.
+    pub fn new(
+        spec: &ModelSpec,
+        weights: &WeightStore,
+        lora: LoraSetup,
+        adamw: AdamW,
+        opts: CpuTrainOptions,
+    ) -> Result<CpuEngine> {
+        check_spec(spec, weights)?;
+        weights.check_against(spec)?;
+        let base = load_base(spec, weights, opts.dequantize_at_load)?;
+        let layout = lora_layout(spec, &lora)?;
+        if opts.loss_chunk_rows == 0 {
+            return Err(Error::Invalid("loss_chunk_rows must be > 0".into()));
+        }
+        let total = layout.total;
+        Ok(CpuEngine {
+            base,
+            lora: layout,
+            opts,
+            adamw,
+            params: vec![0.0; total],
+            grads: vec![0.0; total],
+            exp_avg: vec![0.0; total],
+            exp_avg_sq: vec![0.0; total],
+            step: 0,
+            dropout_seed: 0,
+            micro_batch: 0,
+            acts: Acts::default(),
+        })
+    }
+
+    /// The model's architecture.
+    pub fn spec(&self) -> &ModelSpec {
+        &self.base.spec
+    }
+
+    /// Number of trainable values (all LoRA A and B matrices).
+    pub fn num_trainable(&self) -> usize {
+        self.params.len()
+    }
+
+    /// Optimizer steps taken.
+    pub fn steps_taken(&self) -> u64 {
+        self.step
+    }
+
+    /// Bytes of activation and scratch memory currently planned.
+    pub fn activation_bytes(&self) -> usize {
+        let a = &self.acts;
+        let layer = |l: &LayerActs| {
+            l.rstd1.len()
+                + l.rstd2.len()
+                + l.x_mid.len()
+                + l.q.len()
+                + l.k.len()
+                + l.v.len()
+                + l.att.len()
+                + l.lse.len()
+                + l.gate.len()
+                + l.up.len()
+                + l.lora_u.len()
+        };
+        let s = &a.sc;
+        let scratch = [
+            &s.xn, &s.proj, &s.hsw, &s.dres, &s.dxn, &s.dq, &s.dk, &s.dv, &s.datt, &s.dh,
+            &s.dgate, &s.dup, &s.xdrop, &s.dxdrop, &s.du, &s.cos, &s.sin,
+        ]
+        .iter()
+        .map(|v| v.len())
+        .sum::<usize>();
+        4 * (a.xs.len() + a.layers.iter().map(layer).sum::<usize>() + scratch)
+    }
+
+    /// Check a micro-batch and return its shifted targets.
+    fn check_batch(&self, mb: &MicroBatch<'_>) -> Result<Vec<(usize, u32)>> {
+        let spec = &self.base.spec;
+        if mb.batch == 0 || mb.seq == 0 {
+            return Err(Error::Invalid(format!(
+                "micro-batch of {} x {} tokens: both must be > 0",
+                mb.batch, mb.seq
+            )));
+        }
+        let n = mb.batch.checked_mul(mb.seq).unwrap_or(usize::MAX);
+        if mb.ids.len() != n {
+            return Err(Error::Invalid(format!(
+                "micro-batch: {} token ids for {} x {}",
+                mb.ids.len(),
+                mb.batch,
+                mb.seq
+            )));
+        }
+        if mb.seq > spec.max_position_embeddings {
+            return Err(Error::Invalid(format!(
+                "micro-batch: sequences of {} tokens exceed the model's max_position_embeddings {}",
+                mb.seq, spec.max_position_embeddings
+            )));
+        }
+        if let Some((i, &t)) = mb
+            .ids
+            .iter()
+            .enumerate()
+            .find(|(_, &t)| t as usize >= spec.vocab_size)
+        {
+            return Err(Error::Invalid(format!(
+                "micro-batch: row {} position {} has token id {t}, outside the vocabulary of {}",
+                i / mb.seq,
+                i % mb.seq,
+                spec.vocab_size
+            )));
+        }
+        shifted_targets(mb.labels, mb.batch, mb.seq, spec.vocab_size)
+    }
+
+    fn dims(&self, batch: usize, seq: usize) -> Dims {
+        let s = &self.base.spec;
+        Dims {
+            seq,
+            n: batch * seq,
+            h: s.hidden_size,
+            qd: s.q_dim(),
+            kvd: s.kv_dim(),
+            ffn: s.intermediate_size,
+            half: s.head_dim / 2,
+            rank: self.lora.rank,
+            att: SeqAttention {
+                batch,
+                seq,
+                n_heads: s.num_attention_heads,
+                n_kv_heads: s.num_key_value_heads,
+                head_dim: s.head_dim,
+            },
+        }
+    }
+
+    /// Forward (and in training, backward) of one micro-batch; returns the loss sum.
+    fn run(&mut self, mb: &MicroBatch<'_>, mode: Mode) -> Result<LossSum> {
+        let targets = self.check_batch(mb)?;
+        let d = self.dims(mb.batch, mb.seq);
+        let n_layers = self.base.layers.len();
+        let train = matches!(mode, Mode::Train { .. });
+        let keep_all = train && !self.opts.gradient_checkpointing;
+        let with_dropout = self.lora.dropout > 0.0;
+        self.acts
+            .ensure(&d, n_layers, if keep_all { n_layers } else { 1 }, with_dropout);
+        let drop_seed = if train && with_dropout {
+            let seed = mix_seed(self.dropout_seed, self.micro_batch);
+            self.micro_batch += 1;
+            Some(seed)
+        } else {
+            None
+        };
+        let (base, lora, params) = (&self.base, &self.lora, &self.params);
+        let acts = &mut self.acts;
+        let (n, h) = (d.n, d.h);
+        let sc = &mut acts.sc;
+        rope_tables(
+            &mut sc.cos[..d.seq * d.half],
+            &mut sc.sin[..d.seq * d.half],
+            &base.inv_freq,
+            0,
+            d.seq,
+        );
+        let xs = &mut acts.xs[..(n_layers + 1) * n * h];
+        embedding_forward(&mut xs[..n * h], mb.ids, &base.embed);
+        for l in 0..n_layers {
+            let (done, rest) = xs.split_at_mut((l + 1) * n * h);
+            let la = &mut acts.layers[if keep_all { l } else { 0 }];
+            let x_in = &done[l * n * h..];
+            layer_forward(base, lora, params, l, &d, x_in, &mut rest[..n * h], la, sc, drop_seed);
+        }
+        let head = LmHead {
+            norm: &base.final_norm,
+            eps: base.eps,
+            weight: &base.lm_head,
+        };
+        let x_final = &xs[n_layers * n * h..];
+        let chunk = self.opts.loss_chunk_rows;
+        let nll_sum = match mode {
+            Mode::Eval => cross_entropy(x_final, &targets, head, chunk, None, &mut sc.loss),
+            Mode::Train { grad_scale } => {
+                let dres = &mut sc.dres[..n * h];
+                let nll = cross_entropy(
+                    x_final,
+                    &targets,
+                    head,
+                    chunk,
+                    Some((dres, grad_scale)),
+                    &mut sc.loss,
+                );
+                let grads = &mut self.grads;
+                for l in (0..n_layers).rev() {
+                    let la = &mut acts.layers[if keep_all { l } else { 0 }];
+                    let (done, rest) = xs.split_at_mut((l + 1) * n * h);
+                    let x_in = &done[l * n * h..];
+                    if !keep_all && l + 1 != n_layers {
+                        // Gradient checkpointing: recompute this layer's activations (the last
+                        // layer's are still there from the forward).
+                        let x_out = &mut rest[..n * h];
+                        layer_forward(base, lora, params, l, &d, x_in, x_out, la, sc, drop_seed);
+                    }
+                    layer_backward(base, lora, params, grads, l, &d, x_in, la, sc, drop_seed);
+                    // embedding_backward: the table is frozen and ids are not differentiable.
+                }
+                nll
+            }
+        };
+        Ok(LossSum {
+            nll_sum,
+            tokens: targets.len(),
+        })
+    }
+
+    /// The named tensors of a buffer laid out like the parameters.
+    fn named(&self, buf: &[f32]) -> Vec<NamedTensor> {
+        let r = self.lora.rank;
+        let mut out = Vec::with_capacity(2 * self.lora.slots.len());
+        for s in &self.lora.slots {
+            out.push(NamedTensor {
+                name: format!("{}.lora_A", s.module),
+                shape: vec![r, s.in_f],
+                data: buf[s.a..s.a + r * s.in_f].to_vec(),
+            });
+            out.push(NamedTensor {
+                name: format!("{}.lora_B", s.module),
+                shape: vec![s.out_f, r],
+                data: buf[s.b..s.b + s.out_f * r].to_vec(),
+            });
+        }
+        out
+    }
+
+    /// Fill `dst` (laid out like the parameters) from named tensors, which must match the
+    /// parameters' names and shapes one to one.
+    fn unpack(&self, what: &str, src: &[NamedTensor]) -> Result<Vec<f32>> {
+        let want = self.named(&self.params);
+        let mut dst = vec![0f32; self.params.len()];
+        let mut seen = vec![false; want.len()];
+        let mut offsets = Vec::with_capacity(want.len());
+        for s in &self.lora.slots {
+            offsets.push(s.a);
+            offsets.push(s.b);
+        }
+        for t in src {
+            let Some(i) = want.iter().position(|w| w.name == t.name) else {
+                return Err(Error::Invalid(format!(
+                    "{what}: '{}' is not a trainable tensor of this engine (expected names like '{}')",
+                    t.name,
+                    want.first().map_or("", |w| w.name.as_str())
+                )));
+            };
+            if seen[i] {
+                return Err(Error::Invalid(format!("{what}: '{}' given twice", t.name)));
+            }
+            if t.shape != want[i].shape || t.data.len() != want[i].data.len() {
+                return Err(Error::Invalid(format!(
+                    "{what}: '{}' has shape {:?} ({} values), expected {:?}",
+                    t.name,
+                    t.shape,
+                    t.data.len(),
+                    want[i].shape
+                )));
+            }
+            seen[i] = true;
+            dst[offsets[i]..offsets[i] + t.data.len()].copy_from_slice(&t.data);
+        }
+        if let Some(i) = seen.iter().position(|&s| !s) {
+            return Err(Error::Invalid(format!(
+                "{what}: '{}' is missing",
+                want[i].name
+            )));
+        }
+        Ok(dst)
+    }
+}
+
+impl Engine for CpuEngine {
+    fn describe(&self) -> String {
+        format!("cpu, {} threads", crate::parallel::threads())
+    }
+
+    async fn forward_backward(&mut self, batch: &MicroBatch<'_>, grad_scale: f32) -> Result<LossSum> {
+        if !grad_scale.is_finite() {
+            return Err(Error::Invalid(format!("grad_scale {grad_scale} is not finite")));
+        }
+        self.run(batch, Mode::Train { grad_scale })
+    }
+
+    async fn optimizer_step(&mut self, lr: f32, max_grad_norm: Option<f32>) -> Result<StepStats> {
+        if !lr.is_finite() || lr < 0.0 {
+            return Err(Error::Invalid(format!("learning rate {lr} must be finite and >= 0")));
+        }
+        let norm = grad_norm(&self.grads);
+        if !norm.is_finite() {
+            self.grads.fill(0.0);
+            return Err(Error::Invalid(format!(
+                "gradient norm is {norm}: the step was skipped and the gradients dropped"
+            )));
+        }
+        if let Some(max) = max_grad_norm {
+            if !(max > 0.0) {
+                return Err(Error::Invalid(format!("max_grad_norm {max} must be > 0")));
+            }
+            clip_grads(&mut self.grads, max, norm);
+        }
+        self.step += 1;
+        adamw_step(
+            &mut self.params,
+            &self.grads,
+            &mut self.exp_avg,
+            &mut self.exp_avg_sq,
+            self.step,
+            lr,
+            &self.adamw,
+        );
+        self.grads.fill(0.0);
+        Ok(StepStats { grad_norm: norm })
+    }
+
+    async fn eval_loss(&mut self, batch: &MicroBatch<'_>) -> Result<LossSum> {
+        self.run(batch, Mode::Eval)
+    }
+
+    async fn params(&self) -> Result<Vec<NamedTensor>> {
+        Ok(self.named(&self.params))
+    }
+
+    async fn set_params(&mut self, params: &[NamedTensor]) -> Result<()> {
+        self.params = self.unpack("set_params", params)?;
+        Ok(())
+    }
+
+    async fn grads(&self) -> Result<Vec<NamedTensor>> {
+        Ok(self.named(&self.grads))
+    }
+
+    async fn optimizer_state(&self) -> Result<OptimizerState> {
+        Ok(OptimizerState {
+            step: self.step,
+            exp_avg: self.named(&self.exp_avg),
+            exp_avg_sq: self.named(&self.exp_avg_sq),
+        })
+    }
+
+    async fn set_optimizer_state(&mut self, state: &OptimizerState) -> Result<()> {
+        let m = self.unpack("optimizer state exp_avg", &state.exp_avg)?;
+        let v = self.unpack("optimizer state exp_avg_sq", &state.exp_avg_sq)?;
+        self.exp_avg = m;
+        self.exp_avg_sq = v;
+        self.step = state.step;
+        Ok(())
+    }
+
+    fn set_dropout_seed(&mut self, seed: u64) {
+        self.dropout_seed = seed;
+        self.micro_batch = 0;
+    }
+}
+
+/// The seed of micro-batch `index` after `set_dropout_seed(seed)`.
+fn mix_seed(seed: u64, index: u64) -> u64 {
+    seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ index.wrapping_add(0x632b_e59b_d9b4_e019)
+}
+
+/// The dropout mask of projection `p` of layer `l`, when dropout is on for this pass.
+fn mask_for(lora: &LoraLayout, l: usize, p: Proj, drop_seed: Option<u64>) -> Option<DropoutMask> {
+    drop_seed.map(|seed| DropoutMask::new(seed, (l * 7 + p as usize) as u64, lora.dropout))
+}
+
+/// `y += LoRA(x)` for projection `p` of layer `l`, if adapted (saving `x @ A^T`).
+#[allow(clippy::too_many_arguments)]
+fn lora_apply(
+    lora: &LoraLayout,
+    params: &[f32],
+    l: usize,
+    p: Proj,
+    x: &[f32],
+    y: &mut [f32],
+    la: &mut LayerActs,
+    xdrop: &mut [f32],
+    d: &Dims,
+    drop_seed: Option<u64>,
+) {
+    let Some(si) = lora.slot_of[l][p as usize] else {
+        return;
+    };
+    let s = &lora.slots[si];
+    let (n, r) = (d.n, lora.rank);
+    let shape = LoraShape {
+        m: n,
+        in_features: s.in_f,
+        out_features: s.out_f,
+        rank: r,
+    };
+    let u = &mut la.lora_u[p as usize * n * r..(p as usize + 1) * n * r];
+    let a = &params[s.a..s.a + r * s.in_f];
+    let b = &params[s.b..s.b + s.out_f * r];
+    match mask_for(lora, l, p, drop_seed) {
+        Some(mask) => {
+            let xd = &mut xdrop[..n * s.in_f];
+            dropout_forward(xd, x, mask);
+            lora_forward(y, u, xd, a, b, lora.scale, shape);
+        }
+        None => lora_forward(y, u, x, a, b, lora.scale, shape),
+    }
+}
+
+/// Backward of `lora_apply`: accumulates dA, dB into `grads` and adds to `dx`.
+#[allow(clippy::too_many_arguments)]
+fn lora_grad(
+    lora: &LoraLayout,
+    params: &[f32],
+    grads: &mut [f32],
+    l: usize,
+    p: Proj,
+    x: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    la: &LayerActs,
+    sc: &mut Scratch,
+    d: &Dims,
+    drop_seed: Option<u64>,
+) {
+    let Some(si) = lora.slot_of[l][p as usize] else {
+        return;
+    };
+    let s = &lora.slots[si];
+    let (n, r) = (d.n, lora.rank);
+    let shape = LoraShape {
+        m: n,
+        in_features: s.in_f,
+        out_features: s.out_f,
+        rank: r,
+    };
+    let u = &la.lora_u[p as usize * n * r..(p as usize + 1) * n * r];
+    let a = &params[s.a..s.a + r * s.in_f];
+    let b = &params[s.b..s.b + s.out_f * r];
+    let (ga, gb) = grads.split_at_mut(s.b);
+    let (da, db) = (&mut ga[s.a..], &mut gb[..s.out_f * r]);
+    let du = &mut sc.du[..n * r];
+    match mask_for(lora, l, p, drop_seed) {
+        Some(mask) => {
+            let xd = &mut sc.xdrop[..n * s.in_f];
+            dropout_forward(xd, x, mask);
+            let dxd = &mut sc.dxdrop[..n * s.in_f];
+            lora_backward(dxd, false, da, db, du, dy, xd, u, a, b, lora.scale, shape);
+            dropout_backward(dx, dxd, mask);
+        }
+        None => lora_backward(dx, true, da, db, du, dy, x, u, a, b, lora.scale, shape),
+    }
+}
+
+/// One decoder layer forward, `x_out = layer(x_in)`, saving into `la`.
+#[allow(clippy::too_many_arguments)]
+fn layer_forward(
+    base: &Base,
+    lora: &LoraLayout,
+    params: &[f32],
+    l: usize,
+    d: &Dims,
+    x_in: &[f32],
+    x_out: &mut [f32],
+    la: &mut LayerActs,
+    sc: &mut Scratch,
+    drop_seed: Option<u64>,
+) {
+    let layer = &base.layers[l];
+    let (n, h, qd, kvd, ffn) = (d.n, d.h, d.qd, d.kvd, d.ffn);
+    let (nh, nkv, hd) = (d.att.n_heads, d.att.n_kv_heads, d.att.head_dim);
+    let x_in = &x_in[..n * h];
+    let cos = &sc.cos[..d.seq * d.half];
+    let sin = &sc.sin[..d.seq * d.half];
+    let xn = &mut sc.xn[..n * h];
+    let xdrop = &mut sc.xdrop[..];
+
+    // Attention block.
+    rmsnorm_forward(xn, &mut la.rstd1[..n], x_in, &layer.input_norm, base.eps);
+    let mut q = std::mem::take(&mut la.q);
+    let mut k = std::mem::take(&mut la.k);
+    let mut v = std::mem::take(&mut la.v);
+    for (p, out) in [
+        (Proj::Q, &mut q[..n * qd]),
+        (Proj::K, &mut k[..n * kvd]),
+        (Proj::V, &mut v[..n * kvd]),
+    ] {
+        layer.proj[p as usize].forward(out, xn, n);
+        lora_apply(lora, params, l, p, xn, out, la, xdrop, d, drop_seed);
+    }
+    rope_forward_batch(&mut q[..n * qd], cos, sin, d.seq, nh, hd);
+    rope_forward_batch(&mut k[..n * kvd], cos, sin, d.seq, nkv, hd);
+    let att = &mut la.att[..n * qd];
+    attention_forward(
+        att,
+        &mut la.lse[..n * nh],
+        &q[..n * qd],
+        &k[..n * kvd],
+        &v[..n * kvd],
+        d.att,
+    );
+    (la.q, la.k, la.v) = (q, k, v);
+    let att = std::mem::take(&mut la.att);
+    let proj = &mut sc.proj[..n * h];
+    layer.proj[Proj::O as usize].forward(proj, &att[..n * qd], n);
+    lora_apply(lora, params, l, Proj::O, &att[..n * qd], proj, la, xdrop, d, drop_seed);
+    la.att = att;
+    let x_mid = &mut la.x_mid[..n * h];
+    x_mid.copy_from_slice(x_in);
+    residual_forward(x_mid, proj);
+
+    // MLP block.
+    rmsnorm_forward(xn, &mut la.rstd2[..n], x_mid, &layer.post_norm, base.eps);
+    let mut gate = std::mem::take(&mut la.gate);
+    let mut up = std::mem::take(&mut la.up);
+    for (p, out) in [(Proj::Gate, &mut gate[..n * ffn]), (Proj::Up, &mut up[..n * ffn])] {
+        layer.proj[p as usize].forward(out, xn, n);
+        lora_apply(lora, params, l, p, xn, out, la, xdrop, d, drop_seed);
+    }
+    let hsw = &mut sc.hsw[..n * ffn];
+    swiglu_forward_into(hsw, &gate[..n * ffn], &up[..n * ffn]);
+    (la.gate, la.up) = (gate, up);
+    layer.proj[Proj::Down as usize].forward(proj, hsw, n);
+    lora_apply(lora, params, l, Proj::Down, hsw, proj, la, xdrop, d, drop_seed);
+    x_out.copy_from_slice(&la.x_mid[..n * h]);
+    residual_forward(x_out, proj);
+}
+
+/// One decoder layer backward: `sc.dres` holds dL/dx_out on entry and dL/dx_in on return;
+/// LoRA gradients are added to `grads`.
+#[allow(clippy::too_many_arguments)]
+fn layer_backward(
+    base: &Base,
+    lora: &LoraLayout,
+    params: &[f32],
+    grads: &mut [f32],
+    l: usize,
+    d: &Dims,
+    x_in: &[f32],
+    la: &LayerActs,
+    sc: &mut Scratch,
+    drop_seed: Option<u64>,
+) {
+    let layer = &base.layers[l];
+    let (n, h, qd, kvd, ffn) = (d.n, d.h, d.qd, d.kvd, d.ffn);
+    let (nh, nkv, hd) = (d.att.n_heads, d.att.n_kv_heads, d.att.head_dim);
+    let x_in = &x_in[..n * h];
+    let x_mid = &la.x_mid[..n * h];
+    let (gate, up) = (&la.gate[..n * ffn], &la.up[..n * ffn]);
+    let w = |p: Proj| &layer.proj[p as usize].weight;
+    // Buffers taken out of the scratch so that `sc` can still be lent to `lora_grad`.
+    let mut dres = std::mem::take(&mut sc.dres);
+    let mut xn = std::mem::take(&mut sc.xn);
+    let mut dxn = std::mem::take(&mut sc.dxn);
+    let mut hsw = std::mem::take(&mut sc.hsw);
+    let mut dh = std::mem::take(&mut sc.dh);
+    let mut dgate = std::mem::take(&mut sc.dgate);
+    let mut dup = std::mem::take(&mut sc.dup);
+    let mut datt = std::mem::take(&mut sc.datt);
+    let mut dq = std::mem::take(&mut sc.dq);
+    let mut dk = std::mem::take(&mut sc.dk);
+    let mut dv = std::mem::take(&mut sc.dv);
+    let dres_s = &mut dres[..n * h];
+    let xn_s = &mut xn[..n * h];
+    let dxn_s = &mut dxn[..n * h];
+
+    // MLP block: x_out = x_mid + down(swiglu(gate(xn2), up(xn2))).
+    let hsw_s = &mut hsw[..n * ffn];
+    swiglu_forward_into(hsw_s, gate, up);
+    let dh_s = &mut dh[..n * ffn];
+    matmul_backward(dh_s, dres_s, w(Proj::Down), n, false);
+    lora_grad(lora, params, grads, l, Proj::Down, hsw_s, dres_s, dh_s, la, sc, d, drop_seed);
+    let (dgate_s, dup_s) = (&mut dgate[..n * ffn], &mut dup[..n * ffn]);
+    swiglu_backward(dgate_s, dup_s, dh_s, gate, up);
+    rmsnorm_recompute(xn_s, &la.rstd2[..n], x_mid, &layer.post_norm);
+    matmul_backward(dxn_s, dgate_s, w(Proj::Gate), n, false);
+    lora_grad(lora, params, grads, l, Proj::Gate, xn_s, dgate_s, dxn_s, la, sc, d, drop_seed);
+    matmul_backward(dxn_s, dup_s, w(Proj::Up), n, true);
+    lora_grad(lora, params, grads, l, Proj::Up, xn_s, dup_s, dxn_s, la, sc, d, drop_seed);
+    rmsnorm_backward(dres_s, dxn_s, x_mid, &la.rstd2[..n], &layer.post_norm);
+
+    // Attention block: x_mid = x_in + o(attention(rope(q(xn1)), rope(k(xn1)), v(xn1))).
+    let att = &la.att[..n * qd];
+    let datt_s = &mut datt[..n * qd];
+    matmul_backward(datt_s, dres_s, w(Proj::O), n, false);
+    lora_grad(lora, params, grads, l, Proj::O, att, dres_s, datt_s, la, sc, d, drop_seed);
+    let (dq_s, dk_s, dv_s) = (&mut dq[..n * qd], &mut dk[..n * kvd], &mut dv[..n * kvd]);
+    attention_backward(
+        dq_s,
+        dk_s,
+        dv_s,
+        datt_s,
+        &la.q[..n * qd],
+        &la.k[..n * kvd],
+        &la.v[..n * kvd],
+        att,
+        &la.lse[..n * nh],
+        d.att,
+    );
+    let cos = &sc.cos[..d.seq * d.half];
+    let sin = &sc.sin[..d.seq * d.half];
+    rope_backward(dq_s, cos, sin, d.seq, nh, hd);
+    rope_backward(dk_s, cos, sin, d.seq, nkv, hd);
+    rmsnorm_recompute(xn_s, &la.rstd1[..n], x_in, &layer.input_norm);
+    for (i, (p, dy)) in [(Proj::Q, &*dq_s), (Proj::K, &*dk_s), (Proj::V, &*dv_s)]
+        .into_iter()
+        .enumerate()
+    {
+        matmul_backward(dxn_s, dy, w(p), n, i > 0);
+        lora_grad(lora, params, grads, l, p, xn_s, dy, dxn_s, la, sc, d, drop_seed);
+    }
+    rmsnorm_backward(dres_s, dxn_s, x_in, &la.rstd1[..n], &layer.input_norm);
+
+    (sc.dres, sc.xn, sc.dxn, sc.hsw, sc.dh) = (dres, xn, dxn, hsw, dh);
+    (sc.dgate, sc.dup, sc.datt, sc.dq, sc.dk, sc.dv) = (dgate, dup, datt, dq, dk, dv);
+}
+
+/// Reject specs the training path cannot run, naming the field.
+fn check_spec(spec: &ModelSpec, weights: &WeightStore) -> Result<()> {
+    let bad = |field: &str, msg: String| Err(Error::invalid_field(&weights.source, field, msg));
+    if spec.num_attention_heads == 0
+        || spec.num_key_value_heads == 0
+        || !spec
+            .num_attention_heads
+            .is_multiple_of(spec.num_key_value_heads)
+    {
+        return bad(
+            "num_key_value_heads",
+            format!(
+                "{} must be > 0 and divide num_attention_heads {}",
+                spec.num_key_value_heads, spec.num_attention_heads
+            ),
+        );
+    }
+    if spec.head_dim == 0 || !spec.head_dim.is_multiple_of(2) {
+        return bad("head_dim", format!("{} must be even and > 0", spec.head_dim));
+    }
+    if spec.hidden_act != "silu" {
+        return bad(
+            "hidden_act",
+            format!("'{}' is not supported (only silu)", spec.hidden_act),
+        );
+    }
+    if spec.vocab_size == 0 || spec.hidden_size == 0 || spec.num_hidden_layers == 0 {
+        return bad(
+            "vocab_size",
+            "vocab_size, hidden_size and num_hidden_layers must be > 0".into(),
+        );
+    }
+    if !(spec.rms_norm_eps.is_finite() && spec.rms_norm_eps >= 0.0) {
+        return bad("rms_norm_eps", format!("{} is not valid", spec.rms_norm_eps));
+    }
+    Ok(())
+}
+
+/// The frozen weights, kept in their stored type unless `dense`.
+fn load_base(spec: &ModelSpec, weights: &WeightStore, dense: bool) -> Result<Base> {
+    let weight = |name: &str| -> Result<Weight> {
+        let w = Weight::from_entry(weights.get(name)?);
+        Ok(if dense && w.dense().is_none() {
+            w.to_dense()
+        } else {
+            w
+        })
+    };
+    let vector = |name: &str| -> Result<Vec<f32>> { Ok(weights.get(name)?.to_f32()) };
+    let embed = weight("model.embed_tokens.weight")?;
+    let lm_head = if spec.tie_word_embeddings {
+        embed.clone()
+    } else {
+        weight("lm_head.weight")?
+    };
+    let mut layers = Vec::with_capacity(spec.num_hidden_layers);
+    for l in 0..spec.num_hidden_layers {
+        let prefix = format!("model.layers.{l}");
+        let mut proj = Vec::with_capacity(7);
+        for p in PROJS {
+            let name = format!("{prefix}.{}", p.path());
+            proj.push(Frozen {
+                weight: weight(&format!("{name}.weight"))?,
+                bias: if p.has_bias(spec) {
+                    Some(vector(&format!("{name}.bias"))?)
+                } else {
+                    None
+                },
+            });
+        }
+        layers.push(FrozenLayer {
+            input_norm: vector(&format!("{prefix}.input_layernorm.weight"))?,
+            post_norm: vector(&format!("{prefix}.post_attention_layernorm.weight"))?,
+            proj,
+        });
+    }
+    Ok(Base {
+        spec: spec.clone(),
+        embed,
+        lm_head,
+        final_norm: vector("model.norm.weight")?,
+        layers,
+        inv_freq: spec.rope_inv_freq(),
+        eps: spec.rms_norm_eps as f32,
+    })
+}
+
+/// Place each target's A and B in the flat buffers, checking names and sizes against `spec`.
+fn lora_layout(spec: &ModelSpec, lora: &LoraSetup) -> Result<LoraLayout> {
+    if lora.rank == 0 {
+        return Err(Error::Invalid("LoRA rank must be > 0".into()));
+    }
+    if !lora.scale.is_finite() {
+        return Err(Error::Invalid(format!("LoRA scale {} is not finite", lora.scale)));
+    }
+    if !(0.0..1.0).contains(&lora.dropout) {
+        return Err(Error::Invalid(format!(
+            "LoRA dropout {} must be in [0, 1)",
+            lora.dropout
+        )));
+    }
+    if lora.targets.is_empty() {
+        return Err(Error::Invalid("no LoRA targets".into()));
+    }
+    let r = lora.rank;
+    let mut slot_of = vec![[None; 7]; spec.num_hidden_layers];
+    let mut slots = Vec::with_capacity(lora.targets.len());
+    let mut offset = 0;
+    for t in &lora.targets {
+        let parsed = t
+            .module
+            .strip_prefix("model.layers.")
+            .and_then(|rest| rest.split_once('.'))
+            .and_then(|(l, path)| {
+                let l: usize = l.parse().ok()?;
+                let p = PROJS.into_iter().find(|p| p.path() == path)?;
+                Some((l, p))
+            });
+        let Some((l, p)) = parsed.filter(|(l, _)| *l < spec.num_hidden_layers) else {
+            return Err(Error::Invalid(format!(
+                "LoRA target '{}': not a projection of this model (expected \
+                 model.layers.<0..{}>.<self_attn.q_proj|k_proj|v_proj|o_proj|mlp.gate_proj|up_proj|down_proj>)",
+                t.module, spec.num_hidden_layers
+            )));
+        };
+        let (in_f, out_f) = p.dims(spec);
+        if (t.in_features, t.out_features) != (in_f, out_f) {
+            return Err(Error::Invalid(format!(
+                "LoRA target '{}': {} -> {} features, the model has {in_f} -> {out_f}",
+                t.module, t.in_features, t.out_features
+            )));
+        }
+        if slot_of[l][p as usize].is_some() {
+            return Err(Error::Invalid(format!(
+                "LoRA target '{}' is listed twice",
+                t.module
+            )));
+        }
+        slot_of[l][p as usize] = Some(slots.len());
+        slots.push(Slot {
+            module: t.module.clone(),
+            in_f,
+            out_f,
+            a: offset,
+            b: offset + r * in_f,
+        });
+        offset += r * (in_f + out_f);
+    }
+    Ok(LoraLayout {
+        rank: r,
+        scale: lora.scale,
+        dropout: lora.dropout,
+        slots,
+        slot_of,
+        total: offset,
+    })
+}

@@ -1,0 +1,145 @@
+//! The fused, chunked language-model loss: final RMSNorm, the vocabulary head (`lm_head`, or
+//! the embedding table when tied), log-softmax and negative log-likelihood, and their backward,
+//! over chunks of rows so that the `[tokens, vocab]` logits never exist for the whole batch.
+//! Only rows that carry a label are computed at all.
+
+use hone_core::{Error, Result};
+
+use super::linalg::matmul_backward;
+use super::ops::{rmsnorm_backward, rmsnorm_forward};
+use super::par::for_each_chunk_pair;
+use crate::matmul::{matmul_forward, Weight};
+
+/// HF-convention labels (aligned with the ids, `-100` = no loss) shifted for causal LM: the
+/// pairs `(row, label)` where row `b * seq + t` predicts `labels[b * seq + t + 1]`. Every label
+/// must be -100 or a token id below `vocab`.
+pub fn shifted_targets(
+    labels: &[i32],
+    batch: usize,
+    seq: usize,
+    vocab: usize,
+) -> Result<Vec<(usize, u32)>> {
+    if labels.len() != batch * seq {
+        return Err(Error::Invalid(format!(
+            "labels: {} values for a batch of {batch} x {seq}",
+            labels.len()
+        )));
+    }
+    if let Some((i, &l)) = labels
+        .iter()
+        .enumerate()
+        .find(|(_, &l)| l != -100 && (l < 0 || l as usize >= vocab))
+    {
+        return Err(Error::Invalid(format!(
+            "labels: row {} position {} has label {l}: expected -100 or a token id below {vocab}",
+            i / seq,
+            i % seq
+        )));
+    }
+    let mut targets = Vec::new();
+    for b in 0..batch {
+        for t in 0..seq.saturating_sub(1) {
+            let l = labels[b * seq + t + 1];
+            if l != -100 {
+                targets.push((b * seq + t, l as u32));
+            }
+        }
+    }
+    Ok(targets)
+}
+
+/// The model's head: final norm weight and epsilon, and the `[vocab, hidden]` output weight.
+#[derive(Debug, Clone, Copy)]
+pub struct LmHead<'a> {
+    pub norm: &'a [f32],
+    pub eps: f32,
+    pub weight: &'a Weight,
+}
+
+/// Buffers of one chunk of rows, kept between calls (they grow only).
+#[derive(Debug, Default)]
+pub struct LossScratch {
+    x: Vec<f32>,
+    xn: Vec<f32>,
+    rstd: Vec<f32>,
+    logits: Vec<f32>,
+    nll: Vec<f64>,
+    dxn: Vec<f32>,
+    dx: Vec<f32>,
+}
+
+fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+    &mut v[..n]
+}
+
+/// Summed NLL of `targets` (row of `x [rows, hidden]`, label) through `head`, `chunk_rows` rows
+/// at a time. With `grad = Some((dx, scale))`, also writes `dx [rows, hidden]` = the gradient of
+/// `scale * nll_sum` with respect to `x` (zero on rows without a target).
+pub fn cross_entropy(
+    x: &[f32],
+    targets: &[(usize, u32)],
+    head: LmHead<'_>,
+    chunk_rows: usize,
+    mut grad: Option<(&mut [f32], f32)>,
+    sc: &mut LossScratch,
+) -> f64 {
+    let h = head.norm.len();
+    let vocab = head.weight.rows;
+    assert_eq!(head.weight.cols, h, "{}: not [vocab, hidden]", head.weight.name);
+    assert_eq!(x.len() % h, 0);
+    if let Some((dx, _)) = grad.as_mut() {
+        assert_eq!(dx.len(), x.len());
+        dx.fill(0.0);
+    }
+    let mut total = 0f64;
+    for chunk in targets.chunks(chunk_rows.max(1)) {
+        let r = chunk.len();
+        let xg = grow(&mut sc.x, r * h);
+        for (dst, &(row, _)) in xg.chunks_exact_mut(h).zip(chunk) {
+            dst.copy_from_slice(&x[row * h..(row + 1) * h]);
+        }
+        let xn = grow(&mut sc.xn, r * h);
+        let rstd = grow(&mut sc.rstd, r);
+        rmsnorm_forward(xn, rstd, xg, head.norm, head.eps);
+        let logits = grow(&mut sc.logits, r * vocab);
+        matmul_forward(logits, xn, head.weight, None, r);
+        if sc.nll.len() < r {
+            sc.nll.resize(r, 0.0);
+        }
+        let nll = &mut sc.nll[..r];
+        let scale = grad.as_ref().map(|g| g.1);
+        // Per row: one exp per logit, kept in place to become the gradient
+        // `scale * (softmax - onehot)`.
+        for_each_chunk_pair(logits, vocab, nll, 1, |i, row, nll| {
+            let target = chunk[i].1 as usize;
+            let target_logit = row[target];
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            let mut sum = 0f64;
+            for v in row.iter_mut() {
+                *v = (*v - max).exp();
+                sum += *v as f64;
+            }
+            nll[0] = max as f64 + sum.ln() - target_logit as f64;
+            if let Some(scale) = scale {
+                let k = (scale as f64 / sum) as f32;
+                row.iter_mut().for_each(|v| *v *= k);
+                row[target] -= scale;
+            }
+        });
+        total += nll.iter().sum::<f64>();
+        if let Some((dx, _)) = grad.as_mut() {
+            let dxn = grow(&mut sc.dxn, r * h);
+            matmul_backward(dxn, logits, head.weight, r, false);
+            let dxg = grow(&mut sc.dx, r * h);
+            dxg.fill(0.0);
+            rmsnorm_backward(dxg, dxn, xg, rstd, head.norm);
+            for (g, &(row, _)) in dxg.chunks_exact(h).zip(chunk) {
+                dx[row * h..(row + 1) * h].copy_from_slice(g);
+            }
+        }
+    }
+    total
+}
