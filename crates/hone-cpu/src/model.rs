@@ -165,8 +165,11 @@ impl KvCache {
 /// Logits `[rows, vocab]` for consecutive positions starting at `first_position`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Logits {
+    /// Row-major `[rows, vocab]` values.
     pub data: Vec<f32>,
+    /// Number of positions.
     pub rows: usize,
+    /// Logits per position.
     pub vocab: usize,
     /// Position (in the sequence) of the first row.
     pub first_position: usize,

@@ -80,8 +80,11 @@ pub struct AttentionShape {
     pub t: usize,
     /// Positions already in the cache before these (query p attends keys 0..=past + p).
     pub past: usize,
+    /// Query heads.
     pub n_heads: usize,
+    /// Key/value heads (divides `n_heads`).
     pub n_kv_heads: usize,
+    /// Width of one head.
     pub head_dim: usize,
 }
 

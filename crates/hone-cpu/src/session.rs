@@ -8,7 +8,9 @@ use crate::model::{CpuModel, KvCache};
 /// A model and one sequence's KV cache.
 #[derive(Debug)]
 pub struct CpuSession {
+    /// The model.
     pub model: CpuModel,
+    /// The sequence's keys and values so far.
     pub cache: KvCache,
 }
 
