@@ -159,9 +159,20 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
         bail!("the prompt is empty after tokenization");
     }
     let max_len = (prompt_ids.len() + a.max_new_tokens).min(model.spec.max_position_embeddings);
-    let cpu = CpuModel::new(&model.spec, &model.weights, CpuModelOptions { dequantize_at_load: a.dequantize_at_load })?;
+    let cpu = CpuModel::new(
+        &model.spec,
+        &model.weights,
+        CpuModelOptions {
+            dequantize_at_load: a.dequantize_at_load,
+        },
+    )?;
     let mut session = CpuSession::new(cpu, max_len);
-    let opts = GenerateOptions { max_new_tokens: a.max_new_tokens, sampling, stop_strings: a.stop.clone(), eos_ids: model.eos_ids() };
+    let opts = GenerateOptions {
+        max_new_tokens: a.max_new_tokens,
+        sampling,
+        stop_strings: a.stop.clone(),
+        eos_ids: model.eos_ids(),
+    };
 
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -170,15 +181,19 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
     }
     out.flush()?;
     let mut write_err = None;
-    let result = generate(&mut session, &model.tokenizer, &prompt_ids, &opts, &mut |piece: &str| {
-        match write!(out, "{piece}").and_then(|_| out.flush()) {
+    let result = generate(
+        &mut session,
+        &model.tokenizer,
+        &prompt_ids,
+        &opts,
+        &mut |piece: &str| match write!(out, "{piece}").and_then(|_| out.flush()) {
             Ok(()) => true,
             Err(e) => {
                 write_err = Some(e);
                 false
             }
-        }
-    })?;
+        },
+    )?;
     if let Some(e) = write_err {
         return Err(e).context("writing to stdout");
     }
@@ -200,7 +215,10 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
 
 fn render_chat(model: &Model, system: Option<&str>, user: &str) -> Result<String> {
     let Some(src) = &model.chat_template else {
-        bail!("{}: the model has no chat template; drop --chat", model.source.display());
+        bail!(
+            "{}: the model has no chat template; drop --chat",
+            model.source.display()
+        );
     };
     let mut messages = Vec::new();
     if let Some(s) = system {
@@ -216,7 +234,12 @@ fn render_chat(model: &Model, system: Option<&str>, user: &str) -> Result<String
 fn cmd_inspect(a: InspectArgs) -> Result<()> {
     let (model, load_secs) = load(&a.model.model)?;
     let s = &model.spec;
-    println!("model: {} ({:?}, loaded in {:.2}s)", model.source.display(), model.format, load_secs);
+    println!(
+        "model: {} ({:?}, loaded in {:.2}s)",
+        model.source.display(),
+        model.format,
+        load_secs
+    );
     println!("spec:");
     let spec_json = serde_json::to_value(s)?;
     if let Some(obj) = spec_json.as_object() {
@@ -235,19 +258,40 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
     for t in model.weights.tensors.values() {
         *by_type.entry(t.dtype.to_string()).or_insert(0usize) += 1;
     }
-    println!("  types: {}", by_type.iter().map(|(k, v)| format!("{k} x{v}")).collect::<Vec<_>>().join(", "));
+    println!(
+        "  types: {}",
+        by_type
+            .iter()
+            .map(|(k, v)| format!("{k} x{v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     println!("  {:<56} {:<16} type", "name", "shape");
     for t in model.weights.tensors.values() {
-        let shown = a.tensors || !t.name.starts_with("model.layers.") || t.name.starts_with("model.layers.0.");
+        let shown = a.tensors
+            || !t.name.starts_with("model.layers.")
+            || t.name.starts_with("model.layers.0.");
         if shown {
-            println!("  {:<56} {:<16} {}", t.name, format!("{:?}", t.shape), t.dtype);
+            println!(
+                "  {:<56} {:<16} {}",
+                t.name,
+                format!("{:?}", t.shape),
+                t.dtype
+            );
         }
     }
     if !a.tensors && s.num_hidden_layers > 1 {
-        println!("  ... layers 1..{} alike (--tensors lists all)", s.num_hidden_layers - 1);
+        println!(
+            "  ... layers 1..{} alike (--tensors lists all)",
+            s.num_hidden_layers - 1
+        );
     }
     let tok = &model.tokenizer;
-    println!("tokenizer: {} tokens, from {}", tok.vocab_size(), tok.source.display());
+    println!(
+        "tokenizer: {} tokens, from {}",
+        tok.vocab_size(),
+        tok.source.display()
+    );
     println!(
         "  bos: {:?} ({:?}), eos: {:?} (stop ids {:?}), pad: {:?}, add_bos: {}",
         tok.bos_token,
@@ -270,12 +314,20 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     }
     let (model, load_secs) = load(&a.model.model)?;
     let t0 = Instant::now();
-    let cpu = CpuModel::new(&model.spec, &model.weights, CpuModelOptions { dequantize_at_load: a.dequantize_at_load })?;
+    let cpu = CpuModel::new(
+        &model.spec,
+        &model.weights,
+        CpuModelOptions {
+            dequantize_at_load: a.dequantize_at_load,
+        },
+    )?;
     let prepare_secs = t0.elapsed().as_secs_f64();
     // A fixed pseudo-random prompt of ordinary tokens (ids 1000.. avoid special tokens).
     let vocab = model.spec.vocab_size as u64;
     let mut rng = hone_core::sampling::Rng::new(42);
-    let prompt: Vec<u32> = (0..a.prompt_tokens).map(|_| (1000 + rng.next_u64() % (vocab - 1000).max(1)) as u32).collect();
+    let prompt: Vec<u32> = (0..a.prompt_tokens)
+        .map(|_| (1000 + rng.next_u64() % (vocab - 1000).max(1)) as u32)
+        .collect();
     let mut session = CpuSession::new(cpu, a.prompt_tokens + a.decode_tokens);
     let (mut best_prefill, mut best_decode) = (f64::MAX, f64::MAX);
     for _ in 0..a.repeats {
@@ -311,7 +363,12 @@ fn round(x: f64, digits: i32) -> f64 {
 }
 
 fn hone_cpu_threads() -> usize {
-    std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
-    })
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
 }

@@ -4,19 +4,31 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use hone_core::fixtures::{tiny_gguf_metadata, tiny_spec, tiny_weights, write_model_gguf, write_model_hf};
+use hone_core::fixtures::{
+    tiny_gguf_metadata, tiny_spec, tiny_weights, write_model_gguf, write_model_hf,
+};
 use hone_core::gguf::MetaValue;
 use hone_core::{load_model, Architecture, DType};
 
 fn hone(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hone")).args(args).output().expect("run hone")
+    Command::new(env!("CARGO_BIN_EXE_hone"))
+        .args(args)
+        .output()
+        .expect("run hone")
 }
 
 fn smollm2_path() -> PathBuf {
-    let p = std::env::var("HONE_SMOLLM2_GGUF").map(PathBuf::from).unwrap_or_else(|_| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-    });
-    assert!(p.exists(), "{} not found: run `make models` (or set HONE_SMOLLM2_GGUF)", p.display());
+    let p = std::env::var("HONE_SMOLLM2_GGUF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+    assert!(
+        p.exists(),
+        "{} not found: run `make models` (or set HONE_SMOLLM2_GGUF)",
+        p.display()
+    );
     p
 }
 
@@ -44,12 +56,19 @@ fn tiny_gguf(dir: &Path, metadata_edit: impl FnOnce(&mut Vec<(String, MetaValue)
 fn assert_clear_error(model: &Path, file_part: &str, expect: &[&str]) {
     let out = hone(&["inspect", "-m", model.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "expected exit code 1, stderr: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "expected exit code 1, stderr: {stderr}"
+    );
     assert!(!stderr.contains("panicked"), "panic: {stderr}");
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "expected one line, got: {stderr}");
     assert!(lines[0].starts_with("error: "), "{stderr}");
-    assert!(lines[0].contains(file_part), "error does not name {file_part}: {stderr}");
+    assert!(
+        lines[0].contains(file_part),
+        "error does not name {file_part}: {stderr}"
+    );
     for e in expect {
         assert!(lines[0].contains(e), "error lacks {e:?}: {stderr}");
     }
@@ -58,12 +77,26 @@ fn assert_clear_error(model: &Path, file_part: &str, expect: &[&str]) {
 #[test]
 fn generate_on_smollm2_says_paris() {
     let out = hone(&[
-        "generate", "-m", smollm2_path().to_str().unwrap(), "-p", "The capital of France is",
-        "--max_new_tokens", "8", "--temperature", "0",
+        "generate",
+        "-m",
+        smollm2_path().to_str().unwrap(),
+        "-p",
+        "The capital of France is",
+        "--max_new_tokens",
+        "8",
+        "--temperature",
+        "0",
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.starts_with("The capital of France is Paris"), "got {stdout:?}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with("The capital of France is Paris"),
+        "got {stdout:?}"
+    );
 }
 
 #[test]
@@ -72,8 +105,23 @@ fn generate_with_chat_template_and_seed_is_reproducible() {
     let model = tiny_gguf(&dir, |_| {});
     let run = || {
         hone(&[
-            "generate", "-m", model.to_str().unwrap(), "--chat", "-p", "hi", "--max_new_tokens", "12",
-            "--temperature", "0.9", "--top_k", "40", "--top_p", "0.95", "--seed", "3", "-q",
+            "generate",
+            "-m",
+            model.to_str().unwrap(),
+            "--chat",
+            "-p",
+            "hi",
+            "--max_new_tokens",
+            "12",
+            "--temperature",
+            "0.9",
+            "--top_k",
+            "40",
+            "--top_p",
+            "0.95",
+            "--seed",
+            "3",
+            "-q",
         ])
     };
     let (a, b) = (run(), run());
@@ -86,7 +134,11 @@ fn generate_with_chat_template_and_seed_is_reproducible() {
 fn inspect_prints_spec_tensors_and_tokenizer() {
     let out = hone(&["inspect", "-m", smollm2_path().to_str().unwrap()]);
     let s = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for want in [
         "num_hidden_layers: 30",
         "hidden_size: 576",
@@ -102,7 +154,11 @@ fn inspect_prints_spec_tensors_and_tokenizer() {
 
 #[test]
 fn missing_file_is_a_clear_error() {
-    assert_clear_error(Path::new("/nonexistent/model.gguf"), "/nonexistent/model.gguf", &["No such file"]);
+    assert_clear_error(
+        Path::new("/nonexistent/model.gguf"),
+        "/nonexistent/model.gguf",
+        &["No such file"],
+    );
 }
 
 #[test]
@@ -143,7 +199,11 @@ fn unsupported_tensor_type_is_named_with_the_supported_list() {
     let ty = at + 4 + 8 * n_dims;
     bytes[ty..ty + 4].copy_from_slice(&10u32.to_le_bytes());
     std::fs::write(&p, &bytes).unwrap();
-    assert_clear_error(&p, "tiny.gguf", &["output_norm.weight", "Q2_K", "Q4_K", "Q8_0"]);
+    assert_clear_error(
+        &p,
+        "tiny.gguf",
+        &["output_norm.weight", "Q2_K", "Q4_K", "Q8_0"],
+    );
 }
 
 #[test]
@@ -163,7 +223,14 @@ fn unsupported_architecture_is_named_with_the_supported_list() {
 fn tiny_hf(dir: &Path) -> PathBuf {
     let gguf = load_model(&tiny_gguf(dir, |_| {})).unwrap();
     let hf = dir.join("tiny-hf");
-    write_model_hf(&hf, &gguf.spec, &gguf.weights, &gguf.tokenizer.to_json().unwrap(), None).unwrap();
+    write_model_hf(
+        &hf,
+        &gguf.spec,
+        &gguf.weights,
+        &gguf.tokenizer.to_json().unwrap(),
+        None,
+    )
+    .unwrap();
     hf
 }
 
@@ -172,7 +239,8 @@ fn config_missing_a_field_is_a_clear_error() {
     let dir = temp_dir("config");
     let hf = tiny_hf(&dir);
     let cfg = hf.join("config.json");
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
     v.as_object_mut().unwrap().remove("hidden_size");
     std::fs::write(&cfg, v.to_string()).unwrap();
     assert_clear_error(&hf, "config.json", &["hidden_size"]);

@@ -50,7 +50,12 @@ pub struct AdamW {
 
 impl Default for AdamW {
     fn default() -> Self {
-        AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }
+        AdamW {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        }
     }
 }
 
@@ -99,7 +104,11 @@ pub trait Engine {
     fn describe(&self) -> String;
     /// Forward and backward on a micro-batch: gradients of `grad_scale * nll_sum` are added to
     /// the accumulated LoRA gradients. Returns the (unscaled) loss sum.
-    async fn forward_backward(&mut self, batch: &MicroBatch<'_>, grad_scale: f32) -> Result<LossSum>;
+    async fn forward_backward(
+        &mut self,
+        batch: &MicroBatch<'_>,
+        grad_scale: f32,
+    ) -> Result<LossSum>;
     /// Clip the accumulated gradients to `max_grad_norm` (global L2; None = no clipping),
     /// apply one AdamW step with `lr`, and zero the gradients.
     async fn optimizer_step(&mut self, lr: f32, max_grad_norm: Option<f32>) -> Result<StepStats>;

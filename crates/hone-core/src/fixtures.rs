@@ -8,7 +8,10 @@ use std::path::Path;
 use half::{bf16, f16};
 
 use crate::error::Result;
-use crate::gguf::{hf_to_gguf_name, permute_rows_for_gguf, rope_permute_heads, write_gguf, GgufTensorView, MetaValue};
+use crate::gguf::{
+    hf_to_gguf_name, permute_rows_for_gguf, rope_permute_heads, write_gguf, GgufTensorView,
+    MetaValue,
+};
 use crate::hf::{write_folder, FolderExtras};
 use crate::spec::{Architecture, ModelSpec};
 use crate::tensor::{Bytes, DType, TensorEntry, WeightStore};
@@ -54,17 +57,40 @@ pub struct TinyCase {
 pub fn tiny_suite() -> Vec<TinyCase> {
     let mut v: Vec<TinyCase> = DType::ALL
         .iter()
-        .map(|&d| TinyCase { name: format!("tiny-llama-{}", d.to_string().to_lowercase()), architecture: Architecture::Llama, tied: true, dtype: d })
+        .map(|&d| TinyCase {
+            name: format!("tiny-llama-{}", d.to_string().to_lowercase()),
+            architecture: Architecture::Llama,
+            tied: true,
+            dtype: d,
+        })
         .collect();
-    v.push(TinyCase { name: "tiny-llama-untied-q8_0".into(), architecture: Architecture::Llama, tied: false, dtype: DType::Q8_0 });
-    v.push(TinyCase { name: "tiny-qwen2-f32".into(), architecture: Architecture::Qwen2, tied: false, dtype: DType::F32 });
-    v.push(TinyCase { name: "tiny-qwen2-q4_k".into(), architecture: Architecture::Qwen2, tied: true, dtype: DType::Q4K });
+    v.push(TinyCase {
+        name: "tiny-llama-untied-q8_0".into(),
+        architecture: Architecture::Llama,
+        tied: false,
+        dtype: DType::Q8_0,
+    });
+    v.push(TinyCase {
+        name: "tiny-qwen2-f32".into(),
+        architecture: Architecture::Qwen2,
+        tied: false,
+        dtype: DType::F32,
+    });
+    v.push(TinyCase {
+        name: "tiny-qwen2-q4_k".into(),
+        architecture: Architecture::Qwen2,
+        tied: true,
+        dtype: DType::Q4K,
+    });
     v
 }
 
 /// Token-id inputs the tiny logits fixture uses.
 pub fn tiny_inputs() -> Vec<Vec<u32>> {
-    vec![vec![1, 72, 101, 108, 108, 111, 44, 32, 119, 111, 114, 108, 100], vec![5, 200, 17, 33, 250, 3, 64]]
+    vec![
+        vec![1, 72, 101, 108, 108, 111, 44, 32, 119, 111, 114, 108, 100],
+        vec![5, 200, 17, 33, 250, 3, 64],
+    ]
 }
 
 /// The spec of a tiny model (sizes chosen so every K-quant's 256-value blocks fit a row).
@@ -95,29 +121,53 @@ pub fn tiny_spec(architecture: Architecture, tied: bool, vocab_size: usize) -> M
 
 /// Random bytes of `n_values` values of `dtype` (quantized types: random blocks whose scales are
 /// chosen so that values look like initialised weights, |w| of order `scale`).
-pub fn random_tensor_bytes(rng: &mut SplitMix64, dtype: DType, n_values: usize, scale: f32) -> Vec<u8> {
+pub fn random_tensor_bytes(
+    rng: &mut SplitMix64,
+    dtype: DType,
+    n_values: usize,
+    scale: f32,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(dtype.bytes_for(n_values).unwrap_or(0));
     let f16le = |out: &mut Vec<u8>, v: f32| out.extend_from_slice(&f16::from_f32(v).to_le_bytes());
     let blocks = n_values / dtype.block_size();
     match dtype {
-        DType::F32 => (0..n_values).for_each(|_| out.extend_from_slice(&rng.symmetric(scale).to_le_bytes())),
-        DType::F16 => (0..n_values).for_each(|_| out.extend_from_slice(&f16::from_f32(rng.symmetric(scale)).to_le_bytes())),
-        DType::BF16 => (0..n_values).for_each(|_| out.extend_from_slice(&bf16::from_f32(rng.symmetric(scale)).to_le_bytes())),
+        DType::F32 => {
+            (0..n_values).for_each(|_| out.extend_from_slice(&rng.symmetric(scale).to_le_bytes()))
+        }
+        DType::F16 => (0..n_values).for_each(|_| {
+            out.extend_from_slice(&f16::from_f32(rng.symmetric(scale)).to_le_bytes())
+        }),
+        DType::BF16 => (0..n_values).for_each(|_| {
+            out.extend_from_slice(&bf16::from_f32(rng.symmetric(scale)).to_le_bytes())
+        }),
         _ => {
             for _ in 0..blocks {
                 let start = out.len();
                 out.extend((0..dtype.type_size()).map(|_| rng.byte()));
                 let b = &mut out[start..];
                 // Replace the f16 scale fields with sane values (layouts as in ggml).
-                let d_of = |levels: f32, rng: &mut SplitMix64| scale / levels * (0.5 + rng.uniform());
+                let d_of =
+                    |levels: f32, rng: &mut SplitMix64| scale / levels * (0.5 + rng.uniform());
                 let (d, m): (f32, Option<f32>) = match dtype {
                     DType::Q8_0 => (d_of(127.0, rng), None),
                     DType::Q4_0 => (d_of(8.0, rng), None),
                     DType::Q5_0 => (d_of(16.0, rng), None),
-                    DType::Q4_1 => (d_of(15.0, rng) * 2.0, Some(-scale * (0.8 + 0.4 * rng.uniform()))),
-                    DType::Q5_1 => (d_of(31.0, rng) * 2.0, Some(-scale * (0.8 + 0.4 * rng.uniform()))),
-                    DType::Q4K => { let d = d_of(32.0 * 15.0, rng) * 2.0; (d, Some(d * 7.5)) }
-                    DType::Q5K => { let d = d_of(32.0 * 31.0, rng) * 2.0; (d, Some(d * 15.5)) }
+                    DType::Q4_1 => (
+                        d_of(15.0, rng) * 2.0,
+                        Some(-scale * (0.8 + 0.4 * rng.uniform())),
+                    ),
+                    DType::Q5_1 => (
+                        d_of(31.0, rng) * 2.0,
+                        Some(-scale * (0.8 + 0.4 * rng.uniform())),
+                    ),
+                    DType::Q4K => {
+                        let d = d_of(32.0 * 15.0, rng) * 2.0;
+                        (d, Some(d * 7.5))
+                    }
+                    DType::Q5K => {
+                        let d = d_of(32.0 * 31.0, rng) * 2.0;
+                        (d, Some(d * 15.5))
+                    }
                     DType::Q6K => (d_of(64.0 * 32.0, rng), None),
                     _ => unreachable!(),
                 };
@@ -126,7 +176,11 @@ pub fn random_tensor_bytes(rng: &mut SplitMix64, dtype: DType, n_values: usize, 
                 if let Some(m) = m {
                     f16le(&mut tmp, m);
                 }
-                let at = if dtype == DType::Q6K { dtype.type_size() - 2 } else { 0 };
+                let at = if dtype == DType::Q6K {
+                    dtype.type_size() - 2
+                } else {
+                    0
+                };
                 b[at..at + tmp.len()].copy_from_slice(&tmp);
             }
         }
@@ -149,7 +203,11 @@ pub fn tiny_weights(spec: &ModelSpec, dtype: DType, seed: u64) -> Result<WeightS
             };
             TensorEntry::from_f32(name, shape, &vals)?
         } else {
-            let scale = if name.contains("embed_tokens") || name.starts_with("lm_head") { 0.5 } else { 0.08 };
+            let scale = if name.contains("embed_tokens") || name.starts_with("lm_head") {
+                0.5
+            } else {
+                0.08
+            };
             let bytes = random_tensor_bytes(&mut rng, dtype, n, scale);
             TensorEntry::new(name, shape, dtype, Bytes::from_vec(bytes))?
         };
@@ -163,17 +221,38 @@ pub fn tiny_gguf_metadata(spec: &ModelSpec, name: &str) -> Vec<(String, MetaValu
     let a = spec.architecture.model_type();
     let u32v = |v: usize| MetaValue::U32(v as u32);
     let mut m = vec![
-        ("general.architecture".to_string(), MetaValue::String(a.into())),
+        (
+            "general.architecture".to_string(),
+            MetaValue::String(a.into()),
+        ),
         ("general.name".to_string(), MetaValue::String(name.into())),
-        (format!("{a}.context_length"), u32v(spec.max_position_embeddings)),
+        (
+            format!("{a}.context_length"),
+            u32v(spec.max_position_embeddings),
+        ),
         (format!("{a}.embedding_length"), u32v(spec.hidden_size)),
         (format!("{a}.block_count"), u32v(spec.num_hidden_layers)),
-        (format!("{a}.feed_forward_length"), u32v(spec.intermediate_size)),
+        (
+            format!("{a}.feed_forward_length"),
+            u32v(spec.intermediate_size),
+        ),
         (format!("{a}.rope.dimension_count"), u32v(spec.head_dim)),
-        (format!("{a}.attention.head_count"), u32v(spec.num_attention_heads)),
-        (format!("{a}.attention.head_count_kv"), u32v(spec.num_key_value_heads)),
-        (format!("{a}.attention.layer_norm_rms_epsilon"), MetaValue::F32(spec.rms_norm_eps as f32)),
-        (format!("{a}.rope.freq_base"), MetaValue::F32(spec.rope_theta as f32)),
+        (
+            format!("{a}.attention.head_count"),
+            u32v(spec.num_attention_heads),
+        ),
+        (
+            format!("{a}.attention.head_count_kv"),
+            u32v(spec.num_key_value_heads),
+        ),
+        (
+            format!("{a}.attention.layer_norm_rms_epsilon"),
+            MetaValue::F32(spec.rms_norm_eps as f32),
+        ),
+        (
+            format!("{a}.rope.freq_base"),
+            MetaValue::F32(spec.rope_theta as f32),
+        ),
         (format!("{a}.vocab_size"), u32v(spec.vocab_size)),
     ];
     m.extend(crate::tokenizer::tiny_gpt2_metadata());
@@ -181,17 +260,27 @@ pub fn tiny_gguf_metadata(spec: &ModelSpec, name: &str) -> Vec<(String, MetaValu
 }
 
 /// Write `weights` (HF names/layout) as a GGUF file: names mapped, llama q/k rows permuted.
-pub fn write_model_gguf(path: &Path, spec: &ModelSpec, weights: &WeightStore, metadata: &[(String, MetaValue)]) -> Result<()> {
+pub fn write_model_gguf(
+    path: &Path,
+    spec: &ModelSpec,
+    weights: &WeightStore,
+    metadata: &[(String, MetaValue)],
+) -> Result<()> {
     let mut owned: Vec<(String, Vec<usize>, DType, Vec<u8>)> = Vec::new();
     for t in weights.tensors.values() {
-        let gname = hf_to_gguf_name(&t.name).ok_or_else(|| crate::Error::Invalid(format!("no GGUF name for tensor '{}'", t.name)))?;
+        let gname = hf_to_gguf_name(&t.name).ok_or_else(|| {
+            crate::Error::Invalid(format!("no GGUF name for tensor '{}'", t.name))
+        })?;
         let data = match rope_permute_heads(spec, &t.name) {
             Some(n_head) => permute_rows_for_gguf(t.data.as_slice(), t.n_rows(), n_head)?,
             None => t.data.as_slice().to_vec(),
         };
         owned.push((gname, t.shape.clone(), t.dtype, data));
     }
-    let views: Vec<GgufTensorView<'_>> = owned.iter().map(|(n, s, d, b)| GgufTensorView::new(n, s, *d, b)).collect();
+    let views: Vec<GgufTensorView<'_>> = owned
+        .iter()
+        .map(|(n, s, d, b)| GgufTensorView::new(n, s, *d, b))
+        .collect();
     write_gguf(path, metadata, &views)
 }
 
@@ -212,12 +301,19 @@ pub fn write_tiny_suite(dir: &Path) -> Result<Vec<(TinyCase, ModelSpec)>> {
         let weights = tiny_weights(&spec, case.dtype, 1000 + i as u64)?;
         let file = format!("{}.gguf", case.name);
         let path = dir.join(&file);
-        write_model_gguf(&path, &spec, &weights, &tiny_gguf_metadata(&spec, &case.name))?;
+        write_model_gguf(
+            &path,
+            &spec,
+            &weights,
+            &tiny_gguf_metadata(&spec, &case.name),
+        )?;
         manifest.push(serde_json::json!({"file": file, "inputs": tiny_inputs()}));
         out.push((case, spec));
     }
-    let text = serde_json::to_string_pretty(&serde_json::json!({ "models": manifest })).map_err(|e| crate::Error::Invalid(e.to_string()))?;
-    std::fs::write(dir.join("manifest.json"), text).map_err(|e| crate::Error::io(dir.join("manifest.json"), e))?;
+    let text = serde_json::to_string_pretty(&serde_json::json!({ "models": manifest }))
+        .map_err(|e| crate::Error::Invalid(e.to_string()))?;
+    std::fs::write(dir.join("manifest.json"), text)
+        .map_err(|e| crate::Error::io(dir.join("manifest.json"), e))?;
     Ok(out)
 }
 
@@ -232,7 +328,17 @@ pub fn fnv1a64(bytes: &[u8]) -> String {
 }
 
 /// Write an HF folder for `weights` (dequantized to F32) with `tokenizer_json`.
-pub fn write_model_hf(dir: &Path, spec: &ModelSpec, weights: &WeightStore, tokenizer_json: &str, chat_template: Option<&str>) -> Result<()> {
-    let extras = FolderExtras { tokenizer_json: Some(tokenizer_json), chat_template, ..Default::default() };
+pub fn write_model_hf(
+    dir: &Path,
+    spec: &ModelSpec,
+    weights: &WeightStore,
+    tokenizer_json: &str,
+    chat_template: Option<&str>,
+) -> Result<()> {
+    let extras = FolderExtras {
+        tokenizer_json: Some(tokenizer_json),
+        chat_template,
+        ..Default::default()
+    };
     write_folder(dir, spec, weights, &extras)
 }

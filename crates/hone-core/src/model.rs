@@ -42,7 +42,13 @@ impl Model {
     /// Token ids that end generation: the tokenizer's, the spec's and generation_config's.
     pub fn eos_ids(&self) -> Vec<u32> {
         let mut ids = Vec::new();
-        for &id in self.tokenizer.eos_ids.iter().chain(&self.spec.eos_token_id).chain(&self.generation.eos_token_id) {
+        for &id in self
+            .tokenizer
+            .eos_ids
+            .iter()
+            .chain(&self.spec.eos_token_id)
+            .chain(&self.generation.eos_token_id)
+        {
             if !ids.contains(&id) {
                 ids.push(id);
             }
@@ -72,7 +78,10 @@ fn load_gguf(file: GgufFile) -> Result<Model> {
     weights.check_against(&spec)?;
     let tokenizer = Tokenizer::from_gguf(&file)?;
     check_vocab(&file.path, &spec, &tokenizer)?;
-    let generation = GenerationDefaults { eos_token_id: spec.eos_token_id.clone(), ..Default::default() };
+    let generation = GenerationDefaults {
+        eos_token_id: spec.eos_token_id.clone(),
+        ..Default::default()
+    };
     Ok(Model {
         source: file.path.clone(),
         format: SourceFormat::Gguf,
@@ -87,7 +96,8 @@ fn load_gguf(file: GgufFile) -> Result<Model> {
 fn load_hf_folder(dir: &Path) -> Result<Model> {
     let folder = HfFolder::open(dir)?;
     folder.weights.check_against(&folder.spec)?;
-    let tokenizer = Tokenizer::from_file(&folder.tokenizer_json, folder.tokenizer_config.as_deref())?;
+    let tokenizer =
+        Tokenizer::from_file(&folder.tokenizer_json, folder.tokenizer_config.as_deref())?;
     check_vocab(dir, &folder.spec, &tokenizer)?;
     Ok(Model {
         source: dir.to_path_buf(),
@@ -105,7 +115,11 @@ fn check_vocab(path: &Path, spec: &ModelSpec, tok: &Tokenizer) -> Result<()> {
     if tok.vocab_size() > spec.vocab_size {
         return Err(Error::format(
             path,
-            format!("the tokenizer has {} tokens but the model's vocabulary is {}", tok.vocab_size(), spec.vocab_size),
+            format!(
+                "the tokenizer has {} tokens but the model's vocabulary is {}",
+                tok.vocab_size(),
+                spec.vocab_size
+            ),
         ));
     }
     Ok(())

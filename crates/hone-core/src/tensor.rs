@@ -308,7 +308,10 @@ impl TensorEntry {
     /// Dequantize rows `[row_start, row_start + out.len() / row_len)` into `out`.
     pub fn dequantize_rows(&self, row_start: usize, out: &mut [f32]) {
         let rl = self.row_len();
-        assert!(out.len().is_multiple_of(rl), "output is not a whole number of rows");
+        assert!(
+            out.len().is_multiple_of(rl),
+            "output is not a whole number of rows"
+        );
         let n_rows = out.len() / rl;
         assert!(row_start + n_rows <= self.n_rows(), "rows out of range");
         let rb = self.row_bytes();

@@ -77,9 +77,21 @@ impl Default for TrainerState {
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum TrainEvent {
     /// An optimizer step finished.
-    Step { step: u64, epoch: f64, loss: f64, lr: f32, grad_norm: f32, tokens: usize },
+    Step {
+        step: u64,
+        epoch: f64,
+        loss: f64,
+        lr: f32,
+        grad_norm: f32,
+        tokens: usize,
+    },
     /// An evaluation finished.
-    Eval { step: u64, loss: f64, perplexity: f64, best: bool },
+    Eval {
+        step: u64,
+        loss: f64,
+        perplexity: f64,
+        best: bool,
+    },
     /// Early stopping ended the run.
     EarlyStop { step: u64, best_step: u64 },
 }
@@ -119,16 +131,30 @@ pub struct Trainer<E: Engine> {
 
 impl<E: Engine> Trainer<E> {
     /// A trainer at step 0 (or at `state`, when resuming: the loader is moved to its position).
-    pub fn new(engine: E, mut loader: Loader, eval_batches: Vec<Batch>, options: TrainerOptions, state: Option<TrainerState>) -> Result<Self> {
+    pub fn new(
+        engine: E,
+        mut loader: Loader,
+        eval_batches: Vec<Batch>,
+        options: TrainerOptions,
+        state: Option<TrainerState>,
+    ) -> Result<Self> {
         if options.gradient_accumulation_steps == 0 {
-            return Err(Error::Invalid("gradient_accumulation_steps must be at least 1".into()));
+            return Err(Error::Invalid(
+                "gradient_accumulation_steps must be at least 1".into(),
+            ));
         }
         if options.max_steps == 0 {
             return Err(Error::Invalid("max_steps must be at least 1".into()));
         }
         let state = state.unwrap_or_default();
         loader.set_position(state.data)?;
-        Ok(Trainer { engine, loader, eval_batches, options, state })
+        Ok(Trainer {
+            engine,
+            loader,
+            eval_batches,
+            options,
+            state,
+        })
     }
 
     /// Epochs completed, fractionally.
@@ -153,7 +179,9 @@ impl<E: Engine> Trainer<E> {
     /// tokens of the whole step (as transformers' Trainer does with `num_items_in_batch`), then
     /// clip and apply AdamW. Returns the step's mean loss and grad norm.
     pub async fn step(&mut self, lr: f32) -> Result<(f64, f32, usize)> {
-        let batches: Vec<Batch> = (0..self.options.gradient_accumulation_steps).map(|_| self.loader.next_batch()).collect();
+        let batches: Vec<Batch> = (0..self.options.gradient_accumulation_steps)
+            .map(|_| self.loader.next_batch())
+            .collect();
         let tokens: usize = batches.iter().map(Batch::loss_tokens).sum();
         if tokens == 0 {
             return Err(Error::Invalid(format!(
@@ -163,9 +191,13 @@ impl<E: Engine> Trainer<E> {
         }
         let mut loss = LossSum::default();
         for (i, b) in batches.iter().enumerate() {
-            let seed = self.options.seed ^ (self.state.step.wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_add(i as u64);
+            let seed = self.options.seed
+                ^ (self.state.step.wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_add(i as u64);
             self.engine.set_dropout_seed(seed);
-            let l = self.engine.forward_backward(&micro(b), 1.0 / tokens as f32).await?;
+            let l = self
+                .engine
+                .forward_backward(&micro(b), 1.0 / tokens as f32)
+                .await?;
             loss.nll_sum += l.nll_sum;
             loss.tokens += l.tokens;
         }
@@ -199,10 +231,18 @@ impl<E: Engine> Trainer<E> {
             let lr = hooks.lr(self.state.step);
             let (loss, grad_norm, tokens) = self.step(lr).await?;
             let step = self.state.step;
-            let mut go_on = hooks.on_event(&TrainEvent::Step { step, epoch: self.epoch(), loss, lr, grad_norm, tokens })?;
+            let mut go_on = hooks.on_event(&TrainEvent::Step {
+                step,
+                epoch: self.epoch(),
+                loss,
+                lr,
+                grad_norm,
+                tokens,
+            })?;
             let last = step == o.max_steps;
             let mut early = false;
-            let eval_now = !self.eval_batches.is_empty() && ((o.eval_steps > 0 && step % o.eval_steps == 0) || last);
+            let eval_now = !self.eval_batches.is_empty()
+                && ((o.eval_steps > 0 && step % o.eval_steps == 0) || last);
             if eval_now {
                 let l = self.evaluate().await?.mean();
                 let improved = match self.state.best {
@@ -216,12 +256,20 @@ impl<E: Engine> Trainer<E> {
                     self.state.evals_without_improvement += 1;
                 }
                 self.state.eval_history.push((step, l));
-                go_on &= hooks.on_event(&TrainEvent::Eval { step, loss: l, perplexity: l.exp(), best: improved })?;
-                if o.early_stopping_patience > 0 && self.state.evals_without_improvement >= o.early_stopping_patience {
+                go_on &= hooks.on_event(&TrainEvent::Eval {
+                    step,
+                    loss: l,
+                    perplexity: l.exp(),
+                    best: improved,
+                })?;
+                if o.early_stopping_patience > 0
+                    && self.state.evals_without_improvement >= o.early_stopping_patience
+                {
                     early = true;
                 }
             }
-            let save_now = (o.save_steps > 0 && step % o.save_steps == 0) || last || early || !go_on;
+            let save_now =
+                (o.save_steps > 0 && step % o.save_steps == 0) || last || early || !go_on;
             if save_now {
                 hooks.save_checkpoint(&self.engine, &self.state).await?;
             }
@@ -239,7 +287,12 @@ impl<E: Engine> Trainer<E> {
 }
 
 fn micro(b: &Batch) -> MicroBatch<'_> {
-    MicroBatch { ids: &b.ids, labels: &b.labels, batch: b.batch, seq: b.seq }
+    MicroBatch {
+        ids: &b.ids,
+        labels: &b.labels,
+        batch: b.batch,
+        seq: b.seq,
+    }
 }
 
 #[cfg(test)]
@@ -297,17 +350,29 @@ mod tests {
             l
         }
         async fn params(&self) -> Result<Vec<NamedTensor>> {
-            Ok(vec![NamedTensor { name: "w".into(), shape: vec![4], data: self.w.clone() }])
+            Ok(vec![NamedTensor {
+                name: "w".into(),
+                shape: vec![4],
+                data: self.w.clone(),
+            }])
         }
         async fn set_params(&mut self, p: &[NamedTensor]) -> Result<()> {
             self.w = p[0].data.clone();
             Ok(())
         }
         async fn grads(&self) -> Result<Vec<NamedTensor>> {
-            Ok(vec![NamedTensor { name: "w".into(), shape: vec![4], data: self.g.clone() }])
+            Ok(vec![NamedTensor {
+                name: "w".into(),
+                shape: vec![4],
+                data: self.g.clone(),
+            }])
         }
         async fn optimizer_state(&self) -> Result<OptimizerState> {
-            Ok(OptimizerState { step: self.steps, exp_avg: vec![], exp_avg_sq: vec![] })
+            Ok(OptimizerState {
+                step: self.steps,
+                exp_avg: vec![],
+                exp_avg_sq: vec![],
+            })
         }
         async fn set_optimizer_state(&mut self, s: &OptimizerState) -> Result<()> {
             self.steps = s.step;
@@ -317,7 +382,12 @@ mod tests {
     }
 
     fn toy() -> Toy {
-        Toy { w: vec![0.0; 4], g: vec![0.0; 4], steps: 0, fail_at_step: None }
+        Toy {
+            w: vec![0.0; 4],
+            g: vec![0.0; 4],
+            steps: 0,
+            fail_at_step: None,
+        }
     }
 
     fn items() -> Vec<TrainItem> {
@@ -325,14 +395,33 @@ mod tests {
             .map(|i| {
                 let n = 3 + (i as usize % 4);
                 let ids: Vec<u32> = (0..n as u32).map(|t| (i + t) % 7).collect();
-                let labels: Vec<i32> = (0..n as i32).map(|t| if t == 0 { IGNORE_INDEX } else { (i as i32 * 13 + t * 7) % 90 }).collect();
-                TrainItem { line: i as usize + 1, ids, labels }
+                let labels: Vec<i32> = (0..n as i32)
+                    .map(|t| {
+                        if t == 0 {
+                            IGNORE_INDEX
+                        } else {
+                            (i as i32 * 13 + t * 7) % 90
+                        }
+                    })
+                    .collect();
+                TrainItem {
+                    line: i as usize + 1,
+                    ids,
+                    labels,
+                }
             })
             .collect()
     }
 
     fn loader(batch_size: usize) -> Loader {
-        let o = LoaderOptions { batch_size, shuffle: true, seed: 5, drop_last: false, pad_id: 0, padding: Padding::Longest };
+        let o = LoaderOptions {
+            batch_size,
+            shuffle: true,
+            seed: 5,
+            drop_last: false,
+            pad_id: 0,
+            padding: Padding::Longest,
+        };
         Loader::new(items(), o).unwrap()
     }
 
@@ -393,7 +482,10 @@ mod tests {
         assert_eq!(block_on(full.run(&mut hooks)).unwrap(), StopCause::MaxSteps);
 
         let mut first = Trainer::new(toy(), loader(2), vec![], options(9), None).unwrap();
-        let mut h1 = Memory { stop_after: Some(4), ..Default::default() };
+        let mut h1 = Memory {
+            stop_after: Some(4),
+            ..Default::default()
+        };
         assert_eq!(block_on(first.run(&mut h1)).unwrap(), StopCause::Requested);
         let (engine, state) = h1.saved.last().unwrap().clone();
         assert_eq!(state.step, 4);
@@ -406,11 +498,32 @@ mod tests {
     #[test]
     fn accumulation_normalises_by_the_tokens_of_the_whole_step() {
         // One item per micro-batch x 2 accumulation == two items in one micro-batch, no shuffle.
-        let o = |b| LoaderOptions { batch_size: b, shuffle: false, seed: 0, drop_last: false, pad_id: 0, padding: Padding::Fixed(8) };
-        let mut a = Trainer::new(toy(), Loader::new(items(), o(1)).unwrap(), vec![], options(3), None).unwrap();
+        let o = |b| LoaderOptions {
+            batch_size: b,
+            shuffle: false,
+            seed: 0,
+            drop_last: false,
+            pad_id: 0,
+            padding: Padding::Fixed(8),
+        };
+        let mut a = Trainer::new(
+            toy(),
+            Loader::new(items(), o(1)).unwrap(),
+            vec![],
+            options(3),
+            None,
+        )
+        .unwrap();
         let mut opts = options(3);
         opts.gradient_accumulation_steps = 1;
-        let mut b = Trainer::new(toy(), Loader::new(items(), o(2)).unwrap(), vec![], opts, None).unwrap();
+        let mut b = Trainer::new(
+            toy(),
+            Loader::new(items(), o(2)).unwrap(),
+            vec![],
+            opts,
+            None,
+        )
+        .unwrap();
         block_on(a.run(&mut Memory::default())).unwrap();
         block_on(b.run(&mut Memory::default())).unwrap();
         for (x, y) in a.engine.w.iter().zip(&b.engine.w) {
@@ -428,9 +541,15 @@ mod tests {
         let mut t = Trainer::new(engine, loader(2), vec![], options(9), None).unwrap();
         let mut hooks = Memory::default();
         let err = block_on(t.run(&mut hooks)).unwrap_err().to_string();
-        assert!(err.contains("step 3") && err.contains("not finite"), "{err}");
+        assert!(
+            err.contains("step 3") && err.contains("not finite"),
+            "{err}"
+        );
         assert_eq!(t.state.step, 2);
-        assert_eq!(t.engine.steps, 2, "the failing step must not reach the optimizer");
+        assert_eq!(
+            t.engine.steps, 2,
+            "the failing step must not reach the optimizer"
+        );
     }
 
     #[test]
@@ -442,10 +561,19 @@ mod tests {
         o.early_stopping_threshold = 10.0; // nothing counts as improvement after the first eval
         let mut t = Trainer::new(toy(), loader(2), eval, o, None).unwrap();
         let mut hooks = Memory::default();
-        assert_eq!(block_on(t.run(&mut hooks)).unwrap(), StopCause::EarlyStopping);
+        assert_eq!(
+            block_on(t.run(&mut hooks)).unwrap(),
+            StopCause::EarlyStopping
+        );
         assert_eq!(t.state.step, 3);
         assert_eq!(t.state.best.unwrap().0, 1);
-        assert!(matches!(hooks.events.last(), Some(TrainEvent::EarlyStop { step: 3, best_step: 1 })));
+        assert!(matches!(
+            hooks.events.last(),
+            Some(TrainEvent::EarlyStop {
+                step: 3,
+                best_step: 1
+            })
+        ));
         assert_eq!(hooks.saved.last().unwrap().1.step, 3);
     }
 }

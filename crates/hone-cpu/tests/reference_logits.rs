@@ -16,14 +16,23 @@ use hone_cpu::{CpuModel, CpuModelOptions};
 const REL_TOL: f32 = 1e-4;
 
 fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(rel)
 }
 
 fn smollm2_path() -> PathBuf {
-    let p = std::env::var("HONE_SMOLLM2_GGUF").map(PathBuf::from).unwrap_or_else(|_| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-    });
-    assert!(p.exists(), "{} not found: run `make models` (or set HONE_SMOLLM2_GGUF)", p.display());
+    let p = std::env::var("HONE_SMOLLM2_GGUF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+    assert!(
+        p.exists(),
+        "{} not found: run `make models` (or set HONE_SMOLLM2_GGUF)",
+        p.display()
+    );
     p
 }
 
@@ -45,7 +54,10 @@ fn logits_all(model: &Model, tokens: &[u32], opts: CpuModelOptions) -> Vec<f32> 
 fn rel_err(got: &[f32], want: &[f32]) -> f32 {
     assert_eq!(got.len(), want.len());
     let max_ref = want.iter().fold(0f32, |m, x| m.max(x.abs()));
-    let max_diff = got.iter().zip(want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    let max_diff = got
+        .iter()
+        .zip(want)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     assert!(got.iter().all(|x| x.is_finite()), "non-finite logits");
     max_diff / max_ref
 }
@@ -54,23 +66,50 @@ fn rel_err(got: &[f32], want: &[f32]) -> f32 {
 fn smollm2_logits_match_transformers() {
     let model = load_model(&smollm2_path()).unwrap();
     let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("logits/smollm2.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(fixture("logits/smollm2.json")).unwrap())
+            .unwrap();
     let refs = SafetensorsFile::open(fixture("logits/smollm2.safetensors")).unwrap();
     let stride = meta["vocab_stride"].as_u64().unwrap() as usize;
     let vocab = model.spec.vocab_size;
     for (i, p) in meta["prompts"].as_array().unwrap().iter().enumerate() {
-        let ids: Vec<u32> = p["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let ids: Vec<u32> = p["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
         let text = p["text"].as_str().unwrap();
-        assert_eq!(model.tokenizer.encode(text, true).unwrap(), ids, "token ids of prompt {i}");
-        for opts in [CpuModelOptions::default(), CpuModelOptions { dequantize_at_load: true }] {
+        assert_eq!(
+            model.tokenizer.encode(text, true).unwrap(),
+            ids,
+            "token ids of prompt {i}"
+        );
+        for opts in [
+            CpuModelOptions::default(),
+            CpuModelOptions {
+                dequantize_at_load: true,
+            },
+        ] {
             let all = logits_all(&model, &ids, opts);
-            let strided: Vec<f32> = (0..ids.len()).flat_map(|t| (0..vocab).step_by(stride).map(move |v| (t, v))).map(|(t, v)| all[t * vocab + v]).collect();
+            let strided: Vec<f32> = (0..ids.len())
+                .flat_map(|t| (0..vocab).step_by(stride).map(move |v| (t, v)))
+                .map(|(t, v)| all[t * vocab + v])
+                .collect();
             let last = &all[(ids.len() - 1) * vocab..];
-            let e1 = rel_err(&strided, &refs.get(&format!("p{i}.strided")).unwrap().to_f32());
+            let e1 = rel_err(
+                &strided,
+                &refs.get(&format!("p{i}.strided")).unwrap().to_f32(),
+            );
             let e2 = rel_err(last, &refs.get(&format!("p{i}.last")).unwrap().to_f32());
             eprintln!("smollm2 prompt {i} ({opts:?}): rel err all positions (strided vocab) {e1:.2e}, last position {e2:.2e}");
-            assert!(e1 <= REL_TOL && e2 <= REL_TOL, "prompt {i}: {e1:.2e} / {e2:.2e} > {REL_TOL:.0e}");
-            assert_eq!(hone_core::sampling::argmax(last) as u64, p["greedy_next"].as_u64().unwrap());
+            assert!(
+                e1 <= REL_TOL && e2 <= REL_TOL,
+                "prompt {i}: {e1:.2e} / {e2:.2e} > {REL_TOL:.0e}"
+            );
+            assert_eq!(
+                hone_core::sampling::argmax(last) as u64,
+                p["greedy_next"].as_u64().unwrap()
+            );
         }
     }
 }
@@ -80,10 +119,15 @@ fn tiny_models_of_every_tensor_type_match_transformers() {
     let dir = temp_dir("tiny-ref");
     write_tiny_suite(&dir).unwrap();
     let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("logits/tiny.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(fixture("logits/tiny.json")).unwrap())
+            .unwrap();
     let refs = SafetensorsFile::open(fixture("logits/tiny.safetensors")).unwrap();
     let models = meta["models"].as_array().unwrap();
-    assert_eq!(models.len(), tiny_suite().len(), "fixture and suite disagree: rerun scripts/make_logits_fixtures.py");
+    assert_eq!(
+        models.len(),
+        tiny_suite().len(),
+        "fixture and suite disagree: rerun scripts/make_logits_fixtures.py"
+    );
     for m in models {
         let file = m["file"].as_str().unwrap();
         let path = dir.join(file);
@@ -95,7 +139,12 @@ fn tiny_models_of_every_tensor_type_match_transformers() {
         );
         let model = load_model(&path).unwrap();
         for (j, input) in m["inputs"].as_array().unwrap().iter().enumerate() {
-            let ids: Vec<u32> = input.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+            let ids: Vec<u32> = input
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect();
             let got = logits_all(&model, &ids, CpuModelOptions::default());
             let want = refs.get(&format!("{file}.{j}")).unwrap().to_f32();
             let e = rel_err(&got, &want);
@@ -114,16 +163,36 @@ fn gguf_and_hf_folder_of_the_same_model_give_the_same_logits() {
         let gguf = load_model(&dir.join(format!("{}.gguf", case.name))).unwrap();
         let hf_dir = dir.join(format!("{}-hf", case.name));
         let tok_json = gguf.tokenizer.to_json().unwrap();
-        write_model_hf(&hf_dir, &gguf.spec, &gguf.weights, &tok_json, gguf.chat_template.as_deref()).unwrap();
+        write_model_hf(
+            &hf_dir,
+            &gguf.spec,
+            &gguf.weights,
+            &tok_json,
+            gguf.chat_template.as_deref(),
+        )
+        .unwrap();
         let hf = load_model(&hf_dir).unwrap();
-        assert_eq!(hf.spec, gguf.spec, "{}: spec differs between GGUF and HF folder", case.name);
+        assert_eq!(
+            hf.spec, gguf.spec,
+            "{}: spec differs between GGUF and HF folder",
+            case.name
+        );
         let text = "Hello, world! 123";
         let ids = gguf.tokenizer.encode(text, true).unwrap();
-        assert_eq!(hf.tokenizer.encode(text, true).unwrap(), ids, "{}: token ids differ", case.name);
+        assert_eq!(
+            hf.tokenizer.encode(text, true).unwrap(),
+            ids,
+            "{}: token ids differ",
+            case.name
+        );
         let a = logits_all(&gguf, &ids, CpuModelOptions::default());
         let b = logits_all(&hf, &ids, CpuModelOptions::default());
         let e = rel_err(&a, &b);
-        assert!(e <= 1e-6, "{}: GGUF vs HF folder rel err {e:.2e}", case.name);
+        assert!(
+            e <= 1e-6,
+            "{}: GGUF vs HF folder rel err {e:.2e}",
+            case.name
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
