@@ -2,6 +2,7 @@
 //! clipping, periodic logging / evaluation / checkpoints, early stopping and non-finite loss
 //! detection. It drives any [`Engine`] and knows nothing about where the compute runs; it
 //! reaches files only through the [`TrainerHooks`] the caller gives it.
+#![allow(async_fn_in_trait)] // used generically (`impl TrainerHooks`), like `Engine`
 
 use serde::{Deserialize, Serialize};
 
@@ -242,7 +243,7 @@ impl<E: Engine> Trainer<E> {
             let last = step == o.max_steps;
             let mut early = false;
             let eval_now = !self.eval_batches.is_empty()
-                && ((o.eval_steps > 0 && step % o.eval_steps == 0) || last);
+                && ((o.eval_steps > 0 && step.is_multiple_of(o.eval_steps)) || last);
             if eval_now {
                 let l = self.evaluate().await?.mean();
                 let improved = match self.state.best {
@@ -269,7 +270,7 @@ impl<E: Engine> Trainer<E> {
                 }
             }
             let save_now =
-                (o.save_steps > 0 && step % o.save_steps == 0) || last || early || !go_on;
+                (o.save_steps > 0 && step.is_multiple_of(o.save_steps)) || last || early || !go_on;
             if save_now {
                 hooks.save_checkpoint(&self.engine, &self.state).await?;
             }
