@@ -8,9 +8,9 @@ pub mod model;
 pub mod ops;
 mod parallel;
 pub mod session;
-pub mod train;
 #[cfg(test)]
 mod testutil;
+pub mod train;
 
 pub use matmul::Weight;
 pub use model::{CpuModel, CpuModelOptions, KvCache, Logits};

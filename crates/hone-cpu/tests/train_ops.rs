@@ -17,9 +17,9 @@ use hone_cpu::train::linalg::matmul_backward;
 use hone_cpu::train::lora::{lora_backward, lora_forward, LoraShape};
 use hone_cpu::train::loss::{cross_entropy, shifted_targets, LmHead, LossScratch};
 use hone_cpu::train::ops::{
-    attention_backward, attention_forward, residual_backward, rmsnorm_backward,
-    rmsnorm_forward, rmsnorm_recompute, rope_backward, rope_forward_batch, swiglu_backward,
-    swiglu_forward_into, SeqAttention,
+    attention_backward, attention_forward, residual_backward, rmsnorm_backward, rmsnorm_forward,
+    rmsnorm_recompute, rope_backward, rope_forward_batch, swiglu_backward, swiglu_forward_into,
+    SeqAttention,
 };
 
 const STEP: f32 = 1e-2;
@@ -51,7 +51,10 @@ fn weigh(out: &[f32], r: &[f32]) -> f64 {
 fn check(analytic: &[f32], numeric: &[f64], what: &str) {
     assert_eq!(analytic.len(), numeric.len(), "{what}: length");
     let scale = numeric.iter().fold(0f64, |m, v| m.max(v.abs()));
-    assert!(scale > 1e-3, "{what}: gradient is ~0, the test would prove nothing");
+    assert!(
+        scale > 1e-3,
+        "{what}: gradient is ~0, the test would prove nothing"
+    );
     let (mut worst, mut at) = (0f64, 0);
     for (i, (&a, &n)) in analytic.iter().zip(numeric).enumerate() {
         let e = (a as f64 - n).abs();
@@ -87,7 +90,10 @@ fn rmsnorm_backward_matches_finite_differences() {
         // Same output as the inference op, and the recomputation is bit-identical.
         let mut inference = vec![0f32; rows * c];
         hone_cpu::ops::rmsnorm_forward(&mut inference, &x, &w, eps);
-        assert_eq!(out, inference, "rmsnorm forward differs from the inference op");
+        assert_eq!(
+            out, inference,
+            "rmsnorm forward differs from the inference op"
+        );
         let mut again = vec![0f32; rows * c];
         rmsnorm_recompute(&mut again, &rstd, &x, &w);
         assert_eq!(out, again, "rmsnorm recompute is not bit-identical");
@@ -166,7 +172,10 @@ fn attention_forward_matches_the_inference_op_and_backward_matches_finite_differ
                 .iter()
                 .zip(&want)
                 .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-            assert!(err < 1e-5, "{s:?}: forward differs from the inference op by {err}");
+            assert!(
+                err < 1e-5,
+                "{s:?}: forward differs from the inference op by {err}"
+            );
         }
         let (mut dq, mut dk, mut dv) = (
             vec![f32::NAN; q.len()],
@@ -271,11 +280,25 @@ fn lora_backward_matches_finite_differences() {
     let mut db = vec![1f32; b.len()];
     let mut dx = vec![2f32; x.len()];
     let mut du = vec![0f32; s.m * s.rank];
-    lora_backward(&mut dx, true, &mut da, &mut db, &mut du, &r, &x, &u, &a, &b, scale, s);
+    lora_backward(
+        &mut dx, true, &mut da, &mut db, &mut du, &r, &x, &u, &a, &b, scale, s,
+    );
     let minus = |v: &[f32], c: f32| v.iter().map(|x| x - c).collect::<Vec<_>>();
-    check(&minus(&dx, 2.0), &numeric_grad(&x, |v| fwd(v, &a, &b).0), "lora dx");
-    check(&minus(&da, 1.0), &numeric_grad(&a, |v| fwd(&x, v, &b).0), "lora dA");
-    check(&minus(&db, 1.0), &numeric_grad(&b, |v| fwd(&x, &a, v).0), "lora dB");
+    check(
+        &minus(&dx, 2.0),
+        &numeric_grad(&x, |v| fwd(v, &a, &b).0),
+        "lora dx",
+    );
+    check(
+        &minus(&da, 1.0),
+        &numeric_grad(&a, |v| fwd(&x, v, &b).0),
+        "lora dA",
+    );
+    check(
+        &minus(&db, 1.0),
+        &numeric_grad(&b, |v| fwd(&x, &a, v).0),
+        "lora dB",
+    );
 }
 
 #[test]
@@ -330,7 +353,10 @@ fn fused_cross_entropy_matches_a_plain_reference_and_finite_differences() {
     check(&dx, &numeric_grad(&x, f), "cross-entropy dx");
     for (row, g) in dx.chunks(h).enumerate() {
         if !targets.iter().any(|&(r, _)| r == row) {
-            assert!(g.iter().all(|&v| v == 0.0), "row {row} has no target but a gradient");
+            assert!(
+                g.iter().all(|&v| v == 0.0),
+                "row {row} has no target but a gradient"
+            );
         }
     }
 }

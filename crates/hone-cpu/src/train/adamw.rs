@@ -86,7 +86,12 @@ mod tests {
             }
         }
         for i in 0..3 {
-            assert!((p[i] as f64 - want[i]).abs() < 1e-6, "{i}: {} vs {}", p[i], want[i]);
+            assert!(
+                (p[i] as f64 - want[i]).abs() < 1e-6,
+                "{i}: {} vs {}",
+                p[i],
+                want[i]
+            );
         }
     }
 

@@ -28,7 +28,10 @@ pub struct DropoutMask {
 impl DropoutMask {
     /// The mask of stream `stream` under `seed`, dropping with probability `p` (0 <= p < 1).
     pub fn new(seed: u64, stream: u64, p: f32) -> Self {
-        assert!((0.0..1.0).contains(&p), "dropout probability {p} not in [0, 1)");
+        assert!(
+            (0.0..1.0).contains(&p),
+            "dropout probability {p} not in [0, 1)"
+        );
         DropoutMask {
             key: mix64(seed ^ mix64(stream.wrapping_add(GOLDEN))),
             threshold: (p as f64 * (1u64 << 24) as f64).round() as u32,
@@ -86,7 +89,10 @@ mod tests {
             let mut out = vec![0f32; n];
             dropout_forward(&mut out, &inp, mask);
             let dropped = out.iter().filter(|&&v| v == 0.0).count() as f64 / n as f64;
-            assert!((dropped - p as f64).abs() < 0.005, "p {p}: dropped {dropped}");
+            assert!(
+                (dropped - p as f64).abs() < 0.005,
+                "p {p}: dropped {dropped}"
+            );
             let mean = out.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
             assert!((mean - 1.0).abs() < 0.01, "p {p}: mean {mean}");
             // Same element, same answer, computed alone.
@@ -100,7 +106,10 @@ mod tests {
         let same = |x: DropoutMask, y: DropoutMask| {
             (0..1000u64).filter(|&i| x.factor(i) == y.factor(i)).count()
         };
-        assert!(same(a, b) < 600 && same(a, c) < 600, "streams look correlated");
+        assert!(
+            same(a, b) < 600 && same(a, c) < 600,
+            "streams look correlated"
+        );
     }
 
     #[test]

@@ -13,14 +13,27 @@ use hone_core::{Error, ModelSpec, Result, WeightStore};
 use super::adamw::{adamw_step, clip_grads, grad_norm};
 use super::dropout::{dropout_backward, dropout_forward, DropoutMask};
 use super::linalg::matmul_backward;
-use super::lora::{lora_backward, lora_forward, LoraShape};
+use super::lora::{
+    lora_down_backward, lora_down_forward, lora_up_backward, lora_up_forward, LoraShape,
+};
 use super::loss::{cross_entropy, shifted_targets, LmHead, LossScratch};
 use super::ops::{
     attention_backward, attention_forward, rmsnorm_backward, rmsnorm_forward, rmsnorm_recompute,
     rope_backward, rope_forward_batch, swiglu_backward, swiglu_forward_into, SeqAttention,
 };
+use super::profile::{Clock, TrainProfile};
 use crate::matmul::{matmul_forward, Weight};
 use crate::ops::{embedding_forward, residual_forward, rope_tables};
+
+/// Run `$body`, adding the seconds it took to `$acc`.
+macro_rules! timed {
+    ($acc:expr, $body:expr) => {{
+        let start = Clock::now();
+        let out = $body;
+        $acc += start.secs();
+        out
+    }};
+}
 
 /// Options of the CPU training engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +51,7 @@ impl Default for CpuTrainOptions {
         CpuTrainOptions {
             gradient_checkpointing: false,
             dequantize_at_load: false,
-            loss_chunk_rows: 256,
+            loss_chunk_rows: 512,
         }
     }
 }
@@ -188,7 +201,7 @@ struct LayerActs {
     lse: Vec<f32>,
     gate: Vec<f32>,
     up: Vec<f32>,
-    /// `x @ A^T` of each projection, `[7][n, rank]`.
+    /// `x @ A^T` of each projection, `[n, 7 rank]` (a rank-wide block per projection).
     lora_u: Vec<f32>,
 }
 
@@ -211,6 +224,19 @@ impl LayerActs {
     }
 }
 
+/// Working buffers of the LoRA paths.
+#[derive(Debug, Default)]
+struct LoraScratch {
+    /// The input after dropout, and its gradient, `[n, in]` (only with dropout).
+    xdrop: Vec<f32>,
+    dxdrop: Vec<f32>,
+    /// `scale * dy @ B` of an input group, `[n, 3 rank]`.
+    du: Vec<f32>,
+    /// The A matrices of an input group stacked, and their gradient, `[3 rank, in]`.
+    acat: Vec<f32>,
+    dacat: Vec<f32>,
+}
+
 /// Working buffers shared by all layers.
 #[derive(Debug, Default)]
 struct Scratch {
@@ -226,12 +252,11 @@ struct Scratch {
     dh: Vec<f32>,
     dgate: Vec<f32>,
     dup: Vec<f32>,
-    xdrop: Vec<f32>,
-    dxdrop: Vec<f32>,
-    du: Vec<f32>,
+    lora: LoraScratch,
     cos: Vec<f32>,
     sin: Vec<f32>,
     loss: LossScratch,
+    prof: TrainProfile,
 }
 
 impl Scratch {
@@ -252,12 +277,17 @@ impl Scratch {
             dh: vec![0.0; n * d.ffn],
             dgate: vec![0.0; n * d.ffn],
             dup: vec![0.0; n * d.ffn],
-            xdrop: vec![0.0; drop],
-            dxdrop: vec![0.0; drop],
-            du: vec![0.0; n * d.rank],
+            lora: LoraScratch {
+                xdrop: vec![0.0; drop],
+                dxdrop: vec![0.0; drop],
+                du: vec![0.0; n * 3 * d.rank],
+                acat: vec![0.0; 3 * d.rank * max_in],
+                dacat: vec![0.0; 3 * d.rank * max_in],
+            },
             cos: vec![0.0; d.seq * d.half],
             sin: vec![0.0; d.seq * d.half],
             loss: LossScratch::default(),
+            prof: TrainProfile::default(),
         }
     }
 }
@@ -287,10 +317,12 @@ impl Acts {
         };
         let keep = keep_layers.max(self.layers.len());
         // Free the old buffers before allocating the new ones.
+        let prof = self.sc.prof;
         *self = Acts::default();
         self.xs = vec![0.0; (n_layers + 1) * plan.n * plan.h];
         self.layers = (0..keep).map(|_| LayerActs::new(&plan)).collect();
         self.sc = Scratch::new(&plan, with_dropout);
+        self.sc.prof = prof;
         self.tokens = plan.n;
         self.seq = plan.seq;
     }
@@ -371,7 +403,17 @@ impl CpuEngine {
         self.step
     }
 
-    /// Bytes of activation and scratch memory currently planned.
+    /// Seconds spent per kind of op since the engine was made or the profile reset.
+    pub fn profile(&self) -> TrainProfile {
+        self.acts.sc.prof
+    }
+
+    /// Start the profile from zero.
+    pub fn reset_profile(&mut self) {
+        self.acts.sc.prof = TrainProfile::default();
+    }
+
+    /// Bytes of activation and scratch memory currently planned (the loss's logits included).
     pub fn activation_bytes(&self) -> usize {
         let a = &self.acts;
         let layer = |l: &LayerActs| {
@@ -389,13 +431,30 @@ impl CpuEngine {
         };
         let s = &a.sc;
         let scratch = [
-            &s.xn, &s.proj, &s.hsw, &s.dres, &s.dxn, &s.dq, &s.dk, &s.dv, &s.datt, &s.dh,
-            &s.dgate, &s.dup, &s.xdrop, &s.dxdrop, &s.du, &s.cos, &s.sin,
+            &s.xn,
+            &s.proj,
+            &s.hsw,
+            &s.dres,
+            &s.dxn,
+            &s.dq,
+            &s.dk,
+            &s.dv,
+            &s.datt,
+            &s.dh,
+            &s.dgate,
+            &s.dup,
+            &s.lora.xdrop,
+            &s.lora.dxdrop,
+            &s.lora.du,
+            &s.lora.acat,
+            &s.lora.dacat,
+            &s.cos,
+            &s.sin,
         ]
         .iter()
         .map(|v| v.len())
         .sum::<usize>();
-        4 * (a.xs.len() + a.layers.iter().map(layer).sum::<usize>() + scratch)
+        4 * (a.xs.len() + a.layers.iter().map(layer).sum::<usize>() + scratch) + s.loss.bytes()
     }
 
     /// Check a micro-batch and return its shifted targets.
@@ -407,7 +466,7 @@ impl CpuEngine {
                 mb.batch, mb.seq
             )));
         }
-        let n = mb.batch.checked_mul(mb.seq).unwrap_or(usize::MAX);
+        let n = mb.batch.saturating_mul(mb.seq);
         if mb.ids.len() != n {
             return Err(Error::Invalid(format!(
                 "micro-batch: {} token ids for {} x {}",
@@ -467,8 +526,12 @@ impl CpuEngine {
         let train = matches!(mode, Mode::Train { .. });
         let keep_all = train && !self.opts.gradient_checkpointing;
         let with_dropout = self.lora.dropout > 0.0;
-        self.acts
-            .ensure(&d, n_layers, if keep_all { n_layers } else { 1 }, with_dropout);
+        self.acts.ensure(
+            &d,
+            n_layers,
+            if keep_all { n_layers } else { 1 },
+            with_dropout,
+        );
         let drop_seed = if train && with_dropout {
             let seed = mix_seed(self.dropout_seed, self.micro_batch);
             self.micro_batch += 1;
@@ -488,12 +551,26 @@ impl CpuEngine {
             d.seq,
         );
         let xs = &mut acts.xs[..(n_layers + 1) * n * h];
-        embedding_forward(&mut xs[..n * h], mb.ids, &base.embed);
+        timed!(
+            sc.prof.other,
+            embedding_forward(&mut xs[..n * h], mb.ids, &base.embed)
+        );
         for l in 0..n_layers {
             let (done, rest) = xs.split_at_mut((l + 1) * n * h);
             let la = &mut acts.layers[if keep_all { l } else { 0 }];
             let x_in = &done[l * n * h..];
-            layer_forward(base, lora, params, l, &d, x_in, &mut rest[..n * h], la, sc, drop_seed);
+            layer_forward(
+                base,
+                lora,
+                params,
+                l,
+                &d,
+                x_in,
+                &mut rest[..n * h],
+                la,
+                sc,
+                drop_seed,
+            );
         }
         let head = LmHead {
             norm: &base.final_norm,
@@ -503,16 +580,22 @@ impl CpuEngine {
         let x_final = &xs[n_layers * n * h..];
         let chunk = self.opts.loss_chunk_rows;
         let nll_sum = match mode {
-            Mode::Eval => cross_entropy(x_final, &targets, head, chunk, None, &mut sc.loss),
+            Mode::Eval => timed!(
+                sc.prof.loss,
+                cross_entropy(x_final, &targets, head, chunk, None, &mut sc.loss)
+            ),
             Mode::Train { grad_scale } => {
                 let dres = &mut sc.dres[..n * h];
-                let nll = cross_entropy(
-                    x_final,
-                    &targets,
-                    head,
-                    chunk,
-                    Some((dres, grad_scale)),
-                    &mut sc.loss,
+                let nll = timed!(
+                    sc.prof.loss,
+                    cross_entropy(
+                        x_final,
+                        &targets,
+                        head,
+                        chunk,
+                        Some((dres, grad_scale)),
+                        &mut sc.loss,
+                    )
                 );
                 let grads = &mut self.grads;
                 for l in (0..n_layers).rev() {
@@ -523,7 +606,9 @@ impl CpuEngine {
                         // Gradient checkpointing: recompute this layer's activations (the last
                         // layer's are still there from the forward).
                         let x_out = &mut rest[..n * h];
+                        let start = Clock::now();
                         layer_forward(base, lora, params, l, &d, x_in, x_out, la, sc, drop_seed);
+                        sc.prof.recompute += start.secs();
                     }
                     layer_backward(base, lora, params, grads, l, &d, x_in, la, sc, drop_seed);
                     // embedding_backward: the table is frozen and ids are not differentiable.
@@ -605,17 +690,26 @@ impl Engine for CpuEngine {
         format!("cpu, {} threads", crate::parallel::threads())
     }
 
-    async fn forward_backward(&mut self, batch: &MicroBatch<'_>, grad_scale: f32) -> Result<LossSum> {
+    async fn forward_backward(
+        &mut self,
+        batch: &MicroBatch<'_>,
+        grad_scale: f32,
+    ) -> Result<LossSum> {
         if !grad_scale.is_finite() {
-            return Err(Error::Invalid(format!("grad_scale {grad_scale} is not finite")));
+            return Err(Error::Invalid(format!(
+                "grad_scale {grad_scale} is not finite"
+            )));
         }
         self.run(batch, Mode::Train { grad_scale })
     }
 
     async fn optimizer_step(&mut self, lr: f32, max_grad_norm: Option<f32>) -> Result<StepStats> {
         if !lr.is_finite() || lr < 0.0 {
-            return Err(Error::Invalid(format!("learning rate {lr} must be finite and >= 0")));
+            return Err(Error::Invalid(format!(
+                "learning rate {lr} must be finite and >= 0"
+            )));
         }
+        let start = Clock::now();
         let norm = grad_norm(&self.grads);
         if !norm.is_finite() {
             self.grads.fill(0.0);
@@ -624,7 +718,7 @@ impl Engine for CpuEngine {
             )));
         }
         if let Some(max) = max_grad_norm {
-            if !(max > 0.0) {
+            if max.is_nan() || max <= 0.0 {
                 return Err(Error::Invalid(format!("max_grad_norm {max} must be > 0")));
             }
             clip_grads(&mut self.grads, max, norm);
@@ -640,6 +734,7 @@ impl Engine for CpuEngine {
             &self.adamw,
         );
         self.grads.fill(0.0);
+        self.acts.sc.prof.optimizer += start.secs();
         Ok(StepStats { grad_norm: norm })
     }
 
@@ -688,91 +783,171 @@ fn mix_seed(seed: u64, index: u64) -> u64 {
     seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ index.wrapping_add(0x632b_e59b_d9b4_e019)
 }
 
-/// The dropout mask of projection `p` of layer `l`, when dropout is on for this pass.
-fn mask_for(lora: &LoraLayout, l: usize, p: Proj, drop_seed: Option<u64>) -> Option<DropoutMask> {
-    drop_seed.map(|seed| DropoutMask::new(seed, (l * 7 + p as usize) as u64, lora.dropout))
+/// The dropout mask of projection `p` of layer `l` in the micro-batch drawn with `seed`.
+fn mask_for(lora: &LoraLayout, l: usize, p: Proj, seed: u64) -> DropoutMask {
+    DropoutMask::new(seed, (l * 7 + p as usize) as u64, lora.dropout)
 }
 
-/// `y += LoRA(x)` for projection `p` of layer `l`, if adapted (saving `x @ A^T`).
+/// The adapted projections among `projs` (one input group, canonical order): (position in
+/// `projs`, slot), at most three.
+fn adapted(
+    lora: &LoraLayout,
+    l: usize,
+    projs: impl Iterator<Item = Proj>,
+) -> ([(usize, usize); 3], usize) {
+    let mut out = [(0, 0); 3];
+    let mut g = 0;
+    for (i, p) in projs.enumerate() {
+        if let Some(si) = lora.slot_of[l][p as usize] {
+            out[g] = (i, si);
+            g += 1;
+        }
+    }
+    (out, g)
+}
+
+/// Copy the A matrices of `slots` one under the other into `acat` (`[g * rank, in]`).
+fn stack_a<'a>(
+    lora: &LoraLayout,
+    params: &[f32],
+    slots: &[(usize, usize)],
+    acat: &'a mut [f32],
+) -> &'a [f32] {
+    let r = lora.rank;
+    let k = lora.slots[slots[0].1].in_f;
+    for (i, &(_, si)) in slots.iter().enumerate() {
+        let a = lora.slots[si].a;
+        acat[i * r * k..(i + 1) * r * k].copy_from_slice(&params[a..a + r * k]);
+    }
+    &acat[..slots.len() * r * k]
+}
+
+/// `y_p += LoRA_p(x)` for the projections in `outs` (one input group: q/k/v, gate/up, or a
+/// single one, canonical order), saving each `x @ A_p^T` in its block of the layer's
+/// `[n, 7 rank]` u matrix. Without dropout the group's A products are one matmul; with it each
+/// projection sees its own mask.
 #[allow(clippy::too_many_arguments)]
-fn lora_apply(
+fn lora_forward_group(
     lora: &LoraLayout,
     params: &[f32],
     l: usize,
-    p: Proj,
     x: &[f32],
-    y: &mut [f32],
+    outs: &mut [(Proj, &mut [f32])],
     la: &mut LayerActs,
-    xdrop: &mut [f32],
+    sc: &mut LoraScratch,
     d: &Dims,
     drop_seed: Option<u64>,
 ) {
-    let Some(si) = lora.slot_of[l][p as usize] else {
+    let (members, g) = adapted(lora, l, outs.iter().map(|o| o.0));
+    if g == 0 {
         return;
-    };
-    let s = &lora.slots[si];
+    }
+    let members = &members[..g];
     let (n, r) = (d.n, lora.rank);
-    let shape = LoraShape {
-        m: n,
-        in_features: s.in_f,
-        out_features: s.out_f,
-        rank: r,
-    };
-    let u = &mut la.lora_u[p as usize * n * r..(p as usize + 1) * n * r];
-    let a = &params[s.a..s.a + r * s.in_f];
-    let b = &params[s.b..s.b + s.out_f * r];
-    match mask_for(lora, l, p, drop_seed) {
-        Some(mask) => {
-            let xd = &mut xdrop[..n * s.in_f];
+    let uw = 7 * r;
+    let base = outs[0].0 as usize * r;
+    let k = lora.slots[members[0].1].in_f;
+    let u = &mut la.lora_u[..n * uw];
+    if let Some(seed) = drop_seed {
+        for (i, &(oi, si)) in members.iter().enumerate() {
+            let mask = mask_for(lora, l, outs[oi].0, seed);
+            let xd = &mut sc.xdrop[..n * k];
             dropout_forward(xd, x, mask);
-            lora_forward(y, u, xd, a, b, lora.scale, shape);
+            let a = &params[lora.slots[si].a..lora.slots[si].a + r * k];
+            lora_down_forward(&mut u[base + i * r..], uw, xd, a, n, k);
         }
-        None => lora_forward(y, u, x, a, b, lora.scale, shape),
+    } else {
+        let acat = stack_a(lora, params, members, &mut sc.acat);
+        lora_down_forward(&mut u[base..], uw, x, acat, n, k);
+    }
+    for (i, &(oi, si)) in members.iter().enumerate() {
+        let s = &lora.slots[si];
+        let shape = LoraShape {
+            m: n,
+            in_features: s.in_f,
+            out_features: s.out_f,
+            rank: r,
+        };
+        let b = &params[s.b..s.b + s.out_f * r];
+        lora_up_forward(outs[oi].1, &u[base + i * r..], uw, b, lora.scale, shape);
     }
 }
 
-/// Backward of `lora_apply`: accumulates dA, dB into `grads` and adds to `dx`.
+/// Backward of `lora_forward_group`: `dys` are the gradients of the group's outputs; dA, dB
+/// are added to `grads` and the input's gradient to `dx`.
 #[allow(clippy::too_many_arguments)]
-fn lora_grad(
+fn lora_backward_group(
     lora: &LoraLayout,
     params: &[f32],
     grads: &mut [f32],
     l: usize,
-    p: Proj,
     x: &[f32],
-    dy: &[f32],
+    dys: &[(Proj, &[f32])],
     dx: &mut [f32],
     la: &LayerActs,
-    sc: &mut Scratch,
+    sc: &mut LoraScratch,
     d: &Dims,
     drop_seed: Option<u64>,
 ) {
-    let Some(si) = lora.slot_of[l][p as usize] else {
+    let (members, g) = adapted(lora, l, dys.iter().map(|o| o.0));
+    if g == 0 {
         return;
-    };
-    let s = &lora.slots[si];
+    }
+    let members = &members[..g];
     let (n, r) = (d.n, lora.rank);
-    let shape = LoraShape {
-        m: n,
-        in_features: s.in_f,
-        out_features: s.out_f,
-        rank: r,
-    };
-    let u = &la.lora_u[p as usize * n * r..(p as usize + 1) * n * r];
-    let a = &params[s.a..s.a + r * s.in_f];
-    let b = &params[s.b..s.b + s.out_f * r];
-    let (ga, gb) = grads.split_at_mut(s.b);
-    let (da, db) = (&mut ga[s.a..], &mut gb[..s.out_f * r]);
-    let du = &mut sc.du[..n * r];
-    match mask_for(lora, l, p, drop_seed) {
-        Some(mask) => {
-            let xd = &mut sc.xdrop[..n * s.in_f];
+    let uw = 7 * r;
+    let base = dys[0].0 as usize * r;
+    let k = lora.slots[members[0].1].in_f;
+    let u = &la.lora_u[..n * uw];
+    // dB and du = scale * dy @ B for each projection, du blocks side by side: [n, g * rank].
+    let gr = g * r;
+    let du = &mut sc.du[..n * gr];
+    for (i, &(oi, si)) in members.iter().enumerate() {
+        let s = &lora.slots[si];
+        let shape = LoraShape {
+            m: n,
+            in_features: s.in_f,
+            out_features: s.out_f,
+            rank: r,
+        };
+        let b = &params[s.b..s.b + s.out_f * r];
+        let db = &mut grads[s.b..s.b + s.out_f * r];
+        let u_i = &u[base + i * r..];
+        lora_up_backward(
+            db,
+            &mut du[i * r..],
+            gr,
+            dys[oi].1,
+            u_i,
+            uw,
+            b,
+            lora.scale,
+            shape,
+        );
+    }
+    if let Some(seed) = drop_seed {
+        for (i, &(oi, si)) in members.iter().enumerate() {
+            let mask = mask_for(lora, l, dys[oi].0, seed);
+            let xd = &mut sc.xdrop[..n * k];
             dropout_forward(xd, x, mask);
-            let dxd = &mut sc.dxdrop[..n * s.in_f];
-            lora_backward(dxd, false, da, db, du, dy, xd, u, a, b, lora.scale, shape);
+            let s = &lora.slots[si];
+            let a = &params[s.a..s.a + r * k];
+            let da = &mut grads[s.a..s.a + r * k];
+            let dxd = &mut sc.dxdrop[..n * k];
+            lora_down_backward(da, true, dxd, false, &du[i * r..], gr, xd, a, n, k);
             dropout_backward(dx, dxd, mask);
         }
-        None => lora_backward(dx, true, da, db, du, dy, x, u, a, b, lora.scale, shape),
+    } else {
+        let acat = stack_a(lora, params, members, &mut sc.acat);
+        let dacat = &mut sc.dacat[..gr * k];
+        lora_down_backward(dacat, false, dx, true, du, gr, x, acat, n, k);
+        for (i, &(_, si)) in members.iter().enumerate() {
+            let a = lora.slots[si].a;
+            let block = &dacat[i * r * k..(i + 1) * r * k];
+            for (g, &v) in grads[a..a + r * k].iter_mut().zip(block) {
+                *g += v;
+            }
+        }
     }
 }
 
@@ -797,57 +972,105 @@ fn layer_forward(
     let cos = &sc.cos[..d.seq * d.half];
     let sin = &sc.sin[..d.seq * d.half];
     let xn = &mut sc.xn[..n * h];
-    let xdrop = &mut sc.xdrop[..];
+    let ls = &mut sc.lora;
+    let prof = &mut sc.prof;
+    let fwd = |p: Proj, out: &mut [f32], inp: &[f32]| layer.proj[p as usize].forward(out, inp, n);
 
-    // Attention block.
-    rmsnorm_forward(xn, &mut la.rstd1[..n], x_in, &layer.input_norm, base.eps);
+    // Attention block: x_mid = x_in + o(attention(rope(q(xn1)), rope(k(xn1)), v(xn1))).
+    let rstd1 = &mut la.rstd1[..n];
+    timed!(
+        prof.norms,
+        rmsnorm_forward(xn, rstd1, x_in, &layer.input_norm, base.eps)
+    );
     let mut q = std::mem::take(&mut la.q);
     let mut k = std::mem::take(&mut la.k);
     let mut v = std::mem::take(&mut la.v);
-    for (p, out) in [
+    let mut qkv = [
         (Proj::Q, &mut q[..n * qd]),
         (Proj::K, &mut k[..n * kvd]),
         (Proj::V, &mut v[..n * kvd]),
-    ] {
-        layer.proj[p as usize].forward(out, xn, n);
-        lora_apply(lora, params, l, p, xn, out, la, xdrop, d, drop_seed);
-    }
-    rope_forward_batch(&mut q[..n * qd], cos, sin, d.seq, nh, hd);
-    rope_forward_batch(&mut k[..n * kvd], cos, sin, d.seq, nkv, hd);
-    let att = &mut la.att[..n * qd];
-    attention_forward(
-        att,
-        &mut la.lse[..n * nh],
-        &q[..n * qd],
-        &k[..n * kvd],
-        &v[..n * kvd],
-        d.att,
+    ];
+    timed!(prof.matmul_forward, {
+        for (p, out) in qkv.iter_mut() {
+            fwd(*p, out, xn);
+        }
+    });
+    timed!(
+        prof.lora_forward,
+        lora_forward_group(lora, params, l, xn, &mut qkv, la, ls, d, drop_seed)
+    );
+    timed!(prof.rope, {
+        rope_forward_batch(&mut q[..n * qd], cos, sin, d.seq, nh, hd);
+        rope_forward_batch(&mut k[..n * kvd], cos, sin, d.seq, nkv, hd);
+    });
+    let (att, lse) = (&mut la.att[..n * qd], &mut la.lse[..n * nh]);
+    timed!(
+        prof.attention_forward,
+        attention_forward(att, lse, &q[..n * qd], &k[..n * kvd], &v[..n * kvd], d.att)
     );
     (la.q, la.k, la.v) = (q, k, v);
     let att = std::mem::take(&mut la.att);
     let proj = &mut sc.proj[..n * h];
-    layer.proj[Proj::O as usize].forward(proj, &att[..n * qd], n);
-    lora_apply(lora, params, l, Proj::O, &att[..n * qd], proj, la, xdrop, d, drop_seed);
+    timed!(prof.matmul_forward, fwd(Proj::O, proj, &att[..n * qd]));
+    let mut outs = [(Proj::O, &mut *proj)];
+    timed!(
+        prof.lora_forward,
+        lora_forward_group(
+            lora,
+            params,
+            l,
+            &att[..n * qd],
+            &mut outs,
+            la,
+            ls,
+            d,
+            drop_seed
+        )
+    );
     la.att = att;
     let x_mid = &mut la.x_mid[..n * h];
-    x_mid.copy_from_slice(x_in);
-    residual_forward(x_mid, proj);
+    timed!(prof.other, {
+        x_mid.copy_from_slice(x_in);
+        residual_forward(x_mid, proj);
+    });
 
-    // MLP block.
-    rmsnorm_forward(xn, &mut la.rstd2[..n], x_mid, &layer.post_norm, base.eps);
+    // MLP block: x_out = x_mid + down(swiglu(gate(xn2), up(xn2))).
+    let rstd2 = &mut la.rstd2[..n];
+    timed!(
+        prof.norms,
+        rmsnorm_forward(xn, rstd2, x_mid, &layer.post_norm, base.eps)
+    );
     let mut gate = std::mem::take(&mut la.gate);
     let mut up = std::mem::take(&mut la.up);
-    for (p, out) in [(Proj::Gate, &mut gate[..n * ffn]), (Proj::Up, &mut up[..n * ffn])] {
-        layer.proj[p as usize].forward(out, xn, n);
-        lora_apply(lora, params, l, p, xn, out, la, xdrop, d, drop_seed);
-    }
+    let mut gate_up = [
+        (Proj::Gate, &mut gate[..n * ffn]),
+        (Proj::Up, &mut up[..n * ffn]),
+    ];
+    timed!(prof.matmul_forward, {
+        for (p, out) in gate_up.iter_mut() {
+            fwd(*p, out, xn);
+        }
+    });
+    timed!(
+        prof.lora_forward,
+        lora_forward_group(lora, params, l, xn, &mut gate_up, la, ls, d, drop_seed)
+    );
     let hsw = &mut sc.hsw[..n * ffn];
-    swiglu_forward_into(hsw, &gate[..n * ffn], &up[..n * ffn]);
+    timed!(
+        prof.swiglu,
+        swiglu_forward_into(hsw, &gate[..n * ffn], &up[..n * ffn])
+    );
     (la.gate, la.up) = (gate, up);
-    layer.proj[Proj::Down as usize].forward(proj, hsw, n);
-    lora_apply(lora, params, l, Proj::Down, hsw, proj, la, xdrop, d, drop_seed);
-    x_out.copy_from_slice(&la.x_mid[..n * h]);
-    residual_forward(x_out, proj);
+    timed!(prof.matmul_forward, fwd(Proj::Down, proj, hsw));
+    let mut outs = [(Proj::Down, &mut *proj)];
+    timed!(
+        prof.lora_forward,
+        lora_forward_group(lora, params, l, hsw, &mut outs, la, ls, d, drop_seed)
+    );
+    timed!(prof.other, {
+        x_out.copy_from_slice(&la.x_mid[..n * h]);
+        residual_forward(x_out, proj);
+    });
 }
 
 /// One decoder layer backward: `sc.dres` holds dL/dx_out on entry and dL/dx_in on return;
@@ -872,71 +1095,105 @@ fn layer_backward(
     let x_mid = &la.x_mid[..n * h];
     let (gate, up) = (&la.gate[..n * ffn], &la.up[..n * ffn]);
     let w = |p: Proj| &layer.proj[p as usize].weight;
-    // Buffers taken out of the scratch so that `sc` can still be lent to `lora_grad`.
-    let mut dres = std::mem::take(&mut sc.dres);
-    let mut xn = std::mem::take(&mut sc.xn);
-    let mut dxn = std::mem::take(&mut sc.dxn);
-    let mut hsw = std::mem::take(&mut sc.hsw);
-    let mut dh = std::mem::take(&mut sc.dh);
-    let mut dgate = std::mem::take(&mut sc.dgate);
-    let mut dup = std::mem::take(&mut sc.dup);
-    let mut datt = std::mem::take(&mut sc.datt);
-    let mut dq = std::mem::take(&mut sc.dq);
-    let mut dk = std::mem::take(&mut sc.dk);
-    let mut dv = std::mem::take(&mut sc.dv);
-    let dres_s = &mut dres[..n * h];
-    let xn_s = &mut xn[..n * h];
-    let dxn_s = &mut dxn[..n * h];
+    let Scratch {
+        xn,
+        dres,
+        dxn,
+        hsw,
+        dh,
+        dgate,
+        dup,
+        datt,
+        dq,
+        dk,
+        dv,
+        lora: ls,
+        cos,
+        sin,
+        prof,
+        ..
+    } = sc;
+    let dres = &mut dres[..n * h];
+    let xn = &mut xn[..n * h];
+    let dxn = &mut dxn[..n * h];
+    let (hsw, dh) = (&mut hsw[..n * ffn], &mut dh[..n * ffn]);
+    let (dgate, dup) = (&mut dgate[..n * ffn], &mut dup[..n * ffn]);
+    let datt = &mut datt[..n * qd];
+    let (dq, dk, dv) = (&mut dq[..n * qd], &mut dk[..n * kvd], &mut dv[..n * kvd]);
+    let (cos, sin) = (&cos[..d.seq * d.half], &sin[..d.seq * d.half]);
 
-    // MLP block: x_out = x_mid + down(swiglu(gate(xn2), up(xn2))).
-    let hsw_s = &mut hsw[..n * ffn];
-    swiglu_forward_into(hsw_s, gate, up);
-    let dh_s = &mut dh[..n * ffn];
-    matmul_backward(dh_s, dres_s, w(Proj::Down), n, false);
-    lora_grad(lora, params, grads, l, Proj::Down, hsw_s, dres_s, dh_s, la, sc, d, drop_seed);
-    let (dgate_s, dup_s) = (&mut dgate[..n * ffn], &mut dup[..n * ffn]);
-    swiglu_backward(dgate_s, dup_s, dh_s, gate, up);
-    rmsnorm_recompute(xn_s, &la.rstd2[..n], x_mid, &layer.post_norm);
-    matmul_backward(dxn_s, dgate_s, w(Proj::Gate), n, false);
-    lora_grad(lora, params, grads, l, Proj::Gate, xn_s, dgate_s, dxn_s, la, sc, d, drop_seed);
-    matmul_backward(dxn_s, dup_s, w(Proj::Up), n, true);
-    lora_grad(lora, params, grads, l, Proj::Up, xn_s, dup_s, dxn_s, la, sc, d, drop_seed);
-    rmsnorm_backward(dres_s, dxn_s, x_mid, &la.rstd2[..n], &layer.post_norm);
-
-    // Attention block: x_mid = x_in + o(attention(rope(q(xn1)), rope(k(xn1)), v(xn1))).
-    let att = &la.att[..n * qd];
-    let datt_s = &mut datt[..n * qd];
-    matmul_backward(datt_s, dres_s, w(Proj::O), n, false);
-    lora_grad(lora, params, grads, l, Proj::O, att, dres_s, datt_s, la, sc, d, drop_seed);
-    let (dq_s, dk_s, dv_s) = (&mut dq[..n * qd], &mut dk[..n * kvd], &mut dv[..n * kvd]);
-    attention_backward(
-        dq_s,
-        dk_s,
-        dv_s,
-        datt_s,
-        &la.q[..n * qd],
-        &la.k[..n * kvd],
-        &la.v[..n * kvd],
-        att,
-        &la.lse[..n * nh],
-        d.att,
+    // MLP block, from dL/dx_out = dres.
+    timed!(prof.swiglu, swiglu_forward_into(hsw, gate, up));
+    timed!(
+        prof.matmul_backward,
+        matmul_backward(dh, dres, w(Proj::Down), n, false)
     );
-    let cos = &sc.cos[..d.seq * d.half];
-    let sin = &sc.sin[..d.seq * d.half];
-    rope_backward(dq_s, cos, sin, d.seq, nh, hd);
-    rope_backward(dk_s, cos, sin, d.seq, nkv, hd);
-    rmsnorm_recompute(xn_s, &la.rstd1[..n], x_in, &layer.input_norm);
-    for (i, (p, dy)) in [(Proj::Q, &*dq_s), (Proj::K, &*dk_s), (Proj::V, &*dv_s)]
-        .into_iter()
-        .enumerate()
-    {
-        matmul_backward(dxn_s, dy, w(p), n, i > 0);
-        lora_grad(lora, params, grads, l, p, xn_s, dy, dxn_s, la, sc, d, drop_seed);
-    }
-    rmsnorm_backward(dres_s, dxn_s, x_in, &la.rstd1[..n], &layer.input_norm);
+    let dys = [(Proj::Down, &*dres)];
+    timed!(
+        prof.lora_backward,
+        lora_backward_group(lora, params, grads, l, hsw, &dys, dh, la, ls, d, drop_seed)
+    );
+    timed!(prof.swiglu, swiglu_backward(dgate, dup, dh, gate, up));
+    let rstd2 = &la.rstd2[..n];
+    timed!(
+        prof.norms,
+        rmsnorm_recompute(xn, rstd2, x_mid, &layer.post_norm)
+    );
+    let dys = [(Proj::Gate, &*dgate), (Proj::Up, &*dup)];
+    timed!(prof.matmul_backward, {
+        for (i, &(p, dy)) in dys.iter().enumerate() {
+            matmul_backward(dxn, dy, w(p), n, i > 0);
+        }
+    });
+    timed!(
+        prof.lora_backward,
+        lora_backward_group(lora, params, grads, l, xn, &dys, dxn, la, ls, d, drop_seed)
+    );
+    timed!(
+        prof.norms,
+        rmsnorm_backward(dres, dxn, x_mid, rstd2, &layer.post_norm)
+    );
 
-    (sc.dres, sc.xn, sc.dxn, sc.hsw, sc.dh) = (dres, xn, dxn, hsw, dh);
-    (sc.dgate, sc.dup, sc.datt, sc.dq, sc.dk, sc.dv) = (dgate, dup, datt, dq, dk, dv);
+    // Attention block, from dL/dx_mid = dres.
+    let att = &la.att[..n * qd];
+    timed!(
+        prof.matmul_backward,
+        matmul_backward(datt, dres, w(Proj::O), n, false)
+    );
+    let dys = [(Proj::O, &*dres)];
+    timed!(
+        prof.lora_backward,
+        lora_backward_group(lora, params, grads, l, att, &dys, datt, la, ls, d, drop_seed)
+    );
+    let (q, k, v) = (&la.q[..n * qd], &la.k[..n * kvd], &la.v[..n * kvd]);
+    let lse = &la.lse[..n * nh];
+    timed!(
+        prof.attention_backward,
+        attention_backward(dq, dk, dv, datt, q, k, v, att, lse, d.att)
+    );
+    timed!(prof.rope, {
+        rope_backward(dq, cos, sin, d.seq, nh, hd);
+        rope_backward(dk, cos, sin, d.seq, nkv, hd);
+    });
+    let rstd1 = &la.rstd1[..n];
+    timed!(
+        prof.norms,
+        rmsnorm_recompute(xn, rstd1, x_in, &layer.input_norm)
+    );
+    let dys = [(Proj::Q, &*dq), (Proj::K, &*dk), (Proj::V, &*dv)];
+    timed!(prof.matmul_backward, {
+        for (i, &(p, dy)) in dys.iter().enumerate() {
+            matmul_backward(dxn, dy, w(p), n, i > 0);
+        }
+    });
+    timed!(
+        prof.lora_backward,
+        lora_backward_group(lora, params, grads, l, xn, &dys, dxn, la, ls, d, drop_seed)
+    );
+    timed!(
+        prof.norms,
+        rmsnorm_backward(dres, dxn, x_in, rstd1, &layer.input_norm)
+    );
 }
 
 /// Reject specs the training path cannot run, naming the field.
@@ -957,7 +1214,10 @@ fn check_spec(spec: &ModelSpec, weights: &WeightStore) -> Result<()> {
         );
     }
     if spec.head_dim == 0 || !spec.head_dim.is_multiple_of(2) {
-        return bad("head_dim", format!("{} must be even and > 0", spec.head_dim));
+        return bad(
+            "head_dim",
+            format!("{} must be even and > 0", spec.head_dim),
+        );
     }
     if spec.hidden_act != "silu" {
         return bad(
@@ -972,7 +1232,10 @@ fn check_spec(spec: &ModelSpec, weights: &WeightStore) -> Result<()> {
         );
     }
     if !(spec.rms_norm_eps.is_finite() && spec.rms_norm_eps >= 0.0) {
-        return bad("rms_norm_eps", format!("{} is not valid", spec.rms_norm_eps));
+        return bad(
+            "rms_norm_eps",
+            format!("{} is not valid", spec.rms_norm_eps),
+        );
     }
     Ok(())
 }
@@ -1032,7 +1295,10 @@ fn lora_layout(spec: &ModelSpec, lora: &LoraSetup) -> Result<LoraLayout> {
         return Err(Error::Invalid("LoRA rank must be > 0".into()));
     }
     if !lora.scale.is_finite() {
-        return Err(Error::Invalid(format!("LoRA scale {} is not finite", lora.scale)));
+        return Err(Error::Invalid(format!(
+            "LoRA scale {} is not finite",
+            lora.scale
+        )));
     }
     if !(0.0..1.0).contains(&lora.dropout) {
         return Err(Error::Invalid(format!(

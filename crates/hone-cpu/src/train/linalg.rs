@@ -63,6 +63,16 @@ impl<'a> MatRef<'a> {
         }
     }
 
+    /// Columns `start..start + n`.
+    pub fn cols(self, start: usize, n: usize) -> Self {
+        assert!(start + n <= self.cols, "columns out of range");
+        MatRef {
+            data: &self.data[(start * self.cs).min(self.data.len())..],
+            cols: n,
+            ..self
+        }
+    }
+
     /// One past the largest index read.
     fn span(&self) -> usize {
         if self.rows == 0 || self.cols == 0 {
@@ -169,6 +179,47 @@ pub unsafe fn gemm_raw(
     }
 }
 
+/// `gemm` split by the caller across threads (each part single-threaded), along the longer of
+/// the output's two sides: for the skinny products of LoRA (one side = rank), which `gemm`
+/// itself runs on one thread.
+pub fn gemm_split(
+    dst: &mut [f32],
+    dst_rs: usize,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    alpha: f32,
+    accumulate: bool,
+) {
+    let (m, n) = (a.rows, b.cols);
+    let threads = parallel::threads();
+    let side = m.max(n);
+    let parts = (side / 64).clamp(1, 2 * threads);
+    if threads == 1 || parts == 1 {
+        gemm(dst, dst_rs, a, b, alpha, accumulate, false);
+        return;
+    }
+    assert!(n <= dst_rs || m <= 1, "destination rows overlap");
+    assert!(
+        m == 0 || n == 0 || dst.len() >= (m - 1) * dst_rs + n,
+        "destination too small"
+    );
+    let per = side.div_ceil(parts);
+    let shared = parallel::SharedMut::new(dst);
+    parallel::for_each_index(side.div_ceil(per), |i| {
+        let (start, len) = (i * per, per.min(side - i * per));
+        if m >= n {
+            let ptr = shared.ptr_at(start * dst_rs, (len - 1) * dst_rs + n);
+            // SAFETY: part i alone writes rows start..start + len (checked by ptr_at), and the
+            // destination does not overlap a or b (it was an exclusive borrow).
+            unsafe { gemm_raw(ptr, dst_rs, a.rows(start, len), b, alpha, accumulate, false) };
+        } else {
+            let ptr = shared.ptr_at(start, (m - 1) * dst_rs + len);
+            // SAFETY: part i alone writes columns start..start + len of every row.
+            unsafe { gemm_raw(ptr, dst_rs, a, b.cols(start, len), alpha, accumulate, false) };
+        }
+    });
+}
+
 thread_local! {
     /// Dequantized tile of a stored weight for `matmul_backward`.
     static TILE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -267,6 +318,35 @@ mod tests {
     }
 
     #[test]
+    fn split_gemm_matches_the_whole_product_along_either_side() {
+        let mut rng = Lcg::new(13);
+        for &(m, k, n) in &[(300usize, 5usize, 7usize), (6, 9, 500), (130, 3, 129)] {
+            let a = rng.vec(m * k, 1.0);
+            let b = rng.vec(k * n, 1.0);
+            let mut want = vec![0.5f32; m * n];
+            gemm(
+                &mut want,
+                n,
+                MatRef::new(&a, m, k),
+                MatRef::new(&b, k, n),
+                2.0,
+                true,
+                false,
+            );
+            let mut got = vec![0.5f32; m * n];
+            gemm_split(
+                &mut got,
+                n,
+                MatRef::new(&a, m, k),
+                MatRef::new(&b, k, n),
+                2.0,
+                true,
+            );
+            assert_close(&got, &want, 1e-6, &format!("{m}x{k}x{n}"));
+        }
+    }
+
+    #[test]
     fn matmul_backward_is_dout_times_w_for_dense_and_quantized_weights() {
         let mut rng = Lcg::new(12);
         for &(m, n, k) in &[(3usize, 5usize, 32usize), (17, 70, 64), (9, 300, 96)] {
@@ -303,7 +383,12 @@ mod tests {
                 // Several tiles, the last one partial.
                 let mut got = vec![f32::NAN; m * k];
                 matmul_backward_tiles(&mut got, &dout, &w, m, false, 3 * k);
-                assert_close(&got, &want, 1e-5, &format!("{} tiles {m}x{n}x{k}", entry.name));
+                assert_close(
+                    &got,
+                    &want,
+                    1e-5,
+                    &format!("{} tiles {m}x{n}x{k}", entry.name),
+                );
                 let mut acc = vec![1f32; m * k];
                 matmul_backward(&mut acc, &dout, &w, m, true);
                 let want1: Vec<f32> = want.iter().map(|v| v + 1.0).collect();

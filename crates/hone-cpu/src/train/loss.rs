@@ -8,6 +8,7 @@ use hone_core::{Error, Result};
 use super::linalg::matmul_backward;
 use super::ops::{rmsnorm_backward, rmsnorm_forward};
 use super::par::for_each_chunk_pair;
+use super::vmath;
 use crate::matmul::{matmul_forward, Weight};
 
 /// HF-convention labels (aligned with the ids, `-100` = no loss) shifted for causal LM: the
@@ -68,6 +69,19 @@ pub struct LossScratch {
     dx: Vec<f32>,
 }
 
+impl LossScratch {
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        4 * (self.x.len()
+            + self.xn.len()
+            + self.rstd.len()
+            + self.logits.len()
+            + self.dxn.len()
+            + self.dx.len())
+            + 8 * self.nll.len()
+    }
+}
+
 fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
     if v.len() < n {
         v.resize(n, 0.0);
@@ -88,7 +102,11 @@ pub fn cross_entropy(
 ) -> f64 {
     let h = head.norm.len();
     let vocab = head.weight.rows;
-    assert_eq!(head.weight.cols, h, "{}: not [vocab, hidden]", head.weight.name);
+    assert_eq!(
+        head.weight.cols, h,
+        "{}: not [vocab, hidden]",
+        head.weight.name
+    );
     assert_eq!(x.len() % h, 0);
     if let Some((dx, _)) = grad.as_mut() {
         assert_eq!(dx.len(), x.len());
@@ -116,12 +134,8 @@ pub fn cross_entropy(
         for_each_chunk_pair(logits, vocab, nll, 1, |i, row, nll| {
             let target = chunk[i].1 as usize;
             let target_logit = row[target];
-            let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            let mut sum = 0f64;
-            for v in row.iter_mut() {
-                *v = (*v - max).exp();
-                sum += *v as f64;
-            }
+            let max = vmath::max(row);
+            let sum = vmath::exp_shifted_sum(row, max);
             nll[0] = max as f64 + sum.ln() - target_logit as f64;
             if let Some(scale) = scale {
                 let k = (scale as f64 / sum) as f32;

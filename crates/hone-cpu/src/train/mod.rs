@@ -11,5 +11,8 @@ pub mod lora;
 pub mod loss;
 pub mod ops;
 mod par;
+mod profile;
+pub mod vmath;
 
 pub use engine::{CpuEngine, CpuTrainOptions};
+pub use profile::TrainProfile;

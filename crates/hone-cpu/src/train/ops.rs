@@ -12,7 +12,8 @@ use std::cell::RefCell;
 
 use super::linalg::{gemm, gemm_raw, MatRef};
 use super::par::{for_each_chunk_pair, rows_per_task};
-use crate::ops::{dot, rope_forward, swiglu_forward};
+use super::vmath;
+use crate::ops::{dot, rope_forward};
 use crate::parallel::{self, SharedMut};
 
 /// RMSNorm over rows of `c = weight.len()` as `crate::ops::rmsnorm_forward` (same operations in
@@ -120,7 +121,10 @@ pub fn rope_backward(
     assert_eq!(sin.len(), seq * half);
     for (row_index, row) in dx.chunks_exact_mut(width).enumerate() {
         let p = row_index % seq;
-        let (c, s) = (&cos[p * half..(p + 1) * half], &sin[p * half..(p + 1) * half]);
+        let (c, s) = (
+            &cos[p * half..(p + 1) * half],
+            &sin[p * half..(p + 1) * half],
+        );
         for head in row.chunks_exact_mut(head_dim) {
             let (d1, d2) = head.split_at_mut(half);
             for i in 0..half {
@@ -155,7 +159,7 @@ impl SeqAttention {
 
 /// Query rows per block: keys beyond a block's last query are never touched, so causal
 /// attention costs about (1 + BLOCK / seq) / 2 of the full square.
-const QUERY_BLOCK: usize = 64;
+const QUERY_BLOCK: usize = 32;
 
 thread_local! {
     /// Per-thread scores/probabilities and their gradient for one block of queries.
@@ -210,16 +214,20 @@ pub fn attention_forward(
                 let rows = QUERY_BLOCK.min(t - i0);
                 let nk = i0 + rows;
                 let p = &mut scores[..rows * nk];
-                gemm(p, nk, qm.rows(i0, rows), km.rows(0, nk).t(), scale, false, false);
+                gemm(
+                    p,
+                    nk,
+                    qm.rows(i0, rows),
+                    km.rows(0, nk).t(),
+                    scale,
+                    false,
+                    false,
+                );
                 for (r, row) in p.chunks_exact_mut(nk).enumerate() {
                     let valid = i0 + r + 1;
                     let (live, masked) = row.split_at_mut(valid);
-                    let max = live.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                    let mut sum = 0f32;
-                    for x in live.iter_mut() {
-                        *x = (*x - max).exp();
-                        sum += *x;
-                    }
+                    let max = vmath::max(live);
+                    let sum = vmath::exp_shifted_sum(live, max) as f32;
                     let inv = 1.0 / sum;
                     live.iter_mut().for_each(|x| *x *= inv);
                     masked.fill(0.0);
@@ -299,10 +307,28 @@ pub fn attention_backward(
                     let nk = i0 + rows;
                     let p = &mut pbuf[..rows * nk];
                     let dp = &mut dpbuf[..rows * nk];
-                    gemm(p, nk, qm.rows(i0, rows), km.rows(0, nk).t(), scale, false, false);
-                    gemm(dp, nk, dom.rows(i0, rows), vm.rows(0, nk).t(), 1.0, false, false);
-                    for (r, (prow, dprow)) in
-                        p.chunks_exact_mut(nk).zip(dp.chunks_exact_mut(nk)).enumerate()
+                    gemm(
+                        p,
+                        nk,
+                        qm.rows(i0, rows),
+                        km.rows(0, nk).t(),
+                        scale,
+                        false,
+                        false,
+                    );
+                    gemm(
+                        dp,
+                        nk,
+                        dom.rows(i0, rows),
+                        vm.rows(0, nk).t(),
+                        1.0,
+                        false,
+                        false,
+                    );
+                    for (r, (prow, dprow)) in p
+                        .chunks_exact_mut(nk)
+                        .zip(dp.chunks_exact_mut(nk))
+                        .enumerate()
                     {
                         let i = i0 + r;
                         let valid = i + 1;
@@ -310,10 +336,12 @@ pub fn attention_backward(
                             &dout[q_off + i * qd..q_off + i * qd + hd],
                             &out[q_off + i * qd..q_off + i * qd + hd],
                         );
-                        for (x, g) in prow[..valid].iter_mut().zip(&mut dprow[..valid]) {
-                            *x = (*x - lse[i]).exp();
-                            *g = *x * (*g - d);
-                        }
+                        vmath::softmax_backward_row(
+                            &mut prow[..valid],
+                            &mut dprow[..valid],
+                            lse[i],
+                            d,
+                        );
                         prow[valid..].fill(0.0);
                         dprow[valid..].fill(0.0);
                     }
@@ -323,7 +351,15 @@ pub fn attention_backward(
                     // read through another view here.
                     unsafe {
                         gemm_raw(dv_ptr, kvd, p.t(), dom.rows(i0, rows), 1.0, true, false);
-                        gemm_raw(dq_ptr.add(i0 * qd), qd, ds, km.rows(0, nk), scale, false, false);
+                        gemm_raw(
+                            dq_ptr.add(i0 * qd),
+                            qd,
+                            ds,
+                            km.rows(0, nk),
+                            scale,
+                            false,
+                            false,
+                        );
                         gemm_raw(dk_ptr, kvd, ds.t(), qm.rows(i0, rows), scale, true, false);
                     }
                 }
@@ -332,15 +368,15 @@ pub fn attention_backward(
     });
 }
 
-/// SwiGLU into a separate output: `out = silu(gate) * up` (`crate::ops::swiglu_forward`, rows
-/// in parallel), keeping `gate` for the backward.
+/// SwiGLU into a separate output, `out = silu(gate) * up` (as `crate::ops::swiglu_forward`
+/// up to the last bit of `exp`), keeping `gate` for the backward.
 pub fn swiglu_forward_into(out: &mut [f32], gate: &[f32], up: &[f32]) {
     assert_eq!(out.len(), gate.len());
     assert_eq!(up.len(), gate.len());
-    out.copy_from_slice(gate);
     let chunk = out.len().div_ceil(4 * parallel::threads()).max(1024);
     parallel::for_each_chunk(out, chunk, |i, o| {
-        swiglu_forward(o, &up[i * chunk..i * chunk + o.len()]);
+        let range = i * chunk..i * chunk + o.len();
+        vmath::swiglu(o, &gate[range.clone()], &up[range]);
     });
 }
 
@@ -351,14 +387,14 @@ pub fn swiglu_backward(dgate: &mut [f32], dup: &mut [f32], dout: &[f32], gate: &
     assert!(dgate.len() == n && dup.len() == n && dout.len() == n && up.len() == n);
     let chunk = n.div_ceil(4 * parallel::threads()).max(1024);
     for_each_chunk_pair(dgate, chunk, dup, chunk, |i, dg, du| {
-        let o = i * chunk;
-        for j in 0..dg.len() {
-            let (g, u, d) = (gate[o + j], up[o + j], dout[o + j]);
-            let sig = 1.0 / (1.0 + (-g).exp());
-            let silu = g * sig;
-            du[j] = d * silu;
-            dg[j] = d * u * sig * (1.0 + g * (1.0 - sig));
-        }
+        let range = i * chunk..i * chunk + dg.len();
+        vmath::swiglu_backward(
+            dg,
+            du,
+            &dout[range.clone()],
+            &gate[range.clone()],
+            &up[range],
+        );
     });
 }
 
