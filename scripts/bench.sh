@@ -14,7 +14,11 @@ for mode in "" "--dequantize_at_load"; do
   cmd="hone bench -m SmolLM2-135M-Instruct.Q4_1.gguf --prompt_tokens 128 --decode_tokens 64 --repeats 3 $mode"
   json=$("$HONE" bench -m "$GGUF" --prompt_tokens 128 --decode_tokens 64 --repeats 3 $mode)
   echo "$json"
-  row=$(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print(f"| {sys.argv[2]} | {sys.argv[4]} | {r[\"weights\"]} | {r[\"threads\"]} | {r[\"load_s\"]} | {r[\"prompt_tok_s\"]} | {r[\"decode_tok_s\"]} | `{sys.argv[3]}` |")' "$json" "$date" "$cmd" "$cpu, $cores cores")
+  row=$(JSON="$json" DATE="$date" CMD="$cmd" MACHINE="$cpu, $cores cores" python3 -c '
+import json, os
+r = json.loads(os.environ["JSON"])
+cells = [os.environ["DATE"], os.environ["MACHINE"], r["weights"], r["threads"], r["load_s"], r["prompt_tok_s"], r["decode_tok_s"], "`" + os.environ["CMD"] + "`"]
+print("| " + " | ".join(str(c) for c in cells) + " |")')
   rows+=("$row")
 done
 if ! grep -q '^## CPU engine: load, prompt, decode' BENCHMARKS.md 2>/dev/null; then
