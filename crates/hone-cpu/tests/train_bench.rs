@@ -1,16 +1,30 @@
 //! Speed and peak memory of LoRA training (forward + backward + AdamW step) on SmolLM2-135M's
 //! shape with random weights: hidden 576, 30 layers, 9/3 heads, ffn 1536, vocab 49152, tied;
-//! LoRA r=8 (alpha 16) on all seven projections. Ignored by default; run one configuration per
-//! process so that its peak RSS is its own, e.g.
+//! LoRA r=8 (alpha 16) on all seven projections. Ignored by default. Build with `--release`
+//! (the test profile keeps debug assertions, which halve `gemm`'s speed) and run one
+//! configuration per process so that its peak RSS is its own, e.g.
 //!
 //! `cargo test -p hone-cpu --release --test train_bench -- --ignored --nocapture --exact f32_4x256`
 //!
 //! Weights are either f32, or Q4_1 projections with a Q8_0 embedding (the layout of the real
 //! SmolLM2-135M-Instruct.Q4_1.gguf). Peak RSS is the process's VmHWM, reset (clear_refs 5) once
-//! the weights are built so that the random-value generation does not count; it includes the
-//! weights. Reference, same machine kind (peft_cpu_results.txt): PyTorch + PEFT, fp32, 2
-//! threads, 4 x 256: 273.5 tok/s at 4.3 GiB peak RSS; with gradient checkpointing 198.7 tok/s
-//! at 3.2 GiB; 1 x 128: 230.3 tok/s at 1.9 GiB.
+//! the weights are built; it includes the weights. Each line also prints the CPU this process
+//! and everything else used: the machine is shared, and a run where others took a core is not
+//! a measurement.
+//!
+//! Measured 2026-11-25 on the 2-core AVX2 (no AVX-512) AMD EPYC VM, interleaved with
+//! `shared/anchors/peft_cpu_bench.py` (PyTorch 2.15 + PEFT, fp32, 2 threads) on the same
+//! machine, uncontended runs only (tok/s, peak RSS):
+//!
+//! | config                 | PyTorch + PEFT     | hone f32 weights       | hone Q4_1 weights     |
+//! |------------------------|--------------------|------------------------|-----------------------|
+//! | 4 x 256                | 125-144, 4.1 GiB   | 143-185, 1.35 GiB      | 176-179, 0.95 GiB     |
+//! | 4 x 256, checkpointing | 101.5, 2.8 GiB     | 111-126, 0.78 GiB      | 115, 0.37 GiB         |
+//! | 1 x 128                | 94.0, 1.7 GiB      | 139-161, 0.66 GiB      | 132-136, 0.26 GiB     |
+//!
+//! (peft_cpu_results.txt's 273.5 tok/s was measured on an AVX-512 machine.) Where the time goes
+//! (4 x 256, f32): frozen matmuls ~63% (gemm at ~110-130 GFLOP/s on 2 cores), the vocabulary
+//! head + cross-entropy ~17%, attention ~9%, LoRA ~6%, the rest ~5%.
 
 mod common;
 mod train_common;

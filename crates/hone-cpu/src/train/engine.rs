@@ -328,7 +328,10 @@ impl Acts {
     }
 }
 
-/// The LoRA training engine on the CPU (the numerical reference of hone).
+/// The LoRA training engine on the CPU (the numerical reference of hone). Dropout masks of
+/// micro-batch i after `set_dropout_seed(s)` depend only on (s, i, layer, projection, element);
+/// an optimizer step whose gradient norm is not finite is refused (an error) and drops the
+/// gradients, leaving parameters and moments as they were.
 #[derive(Debug)]
 pub struct CpuEngine {
     base: Base,
