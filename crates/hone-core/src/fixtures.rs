@@ -317,14 +317,9 @@ pub fn write_tiny_suite(dir: &Path) -> Result<Vec<(TinyCase, ModelSpec)>> {
     Ok(out)
 }
 
-/// FNV-1a 64 of a file's bytes (the reference fixture records it).
+/// FNV-1a 64 of a file's bytes as 16 hex digits (the reference fixture records it).
 pub fn fnv1a64(bytes: &[u8]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x100_0000_01b3);
-    }
-    format!("{h:016x}")
+    format!("{:016x}", crate::adapter::fnv1a64(bytes))
 }
 
 /// Write an HF folder for `weights` (dequantized to F32) with `tokenizer_json`.
