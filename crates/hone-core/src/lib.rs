@@ -28,3 +28,4 @@ pub mod metrics;
 pub mod schedule;
 pub mod tensorboard;
 pub mod trainer;
+pub mod finetune;

@@ -75,14 +75,8 @@ pub struct AdamWState {
     pub exp_avg_sq: BTreeMap<String, Vec<f32>>,
 }
 
-/// Where the data loader stands: the next example of `epoch` is number `index`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct DataPosition {
-    /// Epoch being read (0-based).
-    pub epoch: u64,
-    /// Index of the next example within that epoch's order.
-    pub index: u64,
-}
+/// Where the data loader stands (the loader's own type, stored as `{epoch, index}`).
+pub use crate::data::DataPosition;
 
 /// Everything needed to resume training exactly.
 #[derive(Debug, Clone, PartialEq)]
@@ -113,6 +107,12 @@ pub struct Checkpoint {
     pub best_model_checkpoint: Option<String>,
     /// Step of the best checkpoint so far.
     pub best_global_step: Option<u64>,
+    /// `(step, eval loss)` of every evaluation so far.
+    pub eval_history: Vec<(u64, f64)>,
+    /// Evaluations since the best one (early stopping's counter).
+    pub evals_without_improvement: u32,
+    /// Label tokens trained on so far.
+    pub tokens_seen: u64,
 }
 
 /// Size and checksum of one file of a checkpoint.
@@ -178,6 +178,12 @@ struct HoneState {
     best_metric: Option<f64>,
     best_model_checkpoint: Option<String>,
     best_global_step: Option<u64>,
+    #[serde(default)]
+    eval_history: Vec<(u64, JsonF64)>,
+    #[serde(default)]
+    evals_without_improvement: u32,
+    #[serde(default)]
+    tokens_seen: u64,
     files: BTreeMap<String, FileRecord>,
 }
 
@@ -449,6 +455,13 @@ impl Checkpoint {
             best_metric: self.best_metric,
             best_model_checkpoint: self.best_model_checkpoint.clone(),
             best_global_step: self.best_global_step,
+            eval_history: self
+                .eval_history
+                .iter()
+                .map(|&(s, l)| (s, JsonF64(l)))
+                .collect(),
+            evals_without_improvement: self.evals_without_improvement,
+            tokens_seen: self.tokens_seen,
             files,
         };
         let path = dir.join(HONE_STATE_FILE);
@@ -504,6 +517,13 @@ impl Checkpoint {
             best_metric: state.best_metric,
             best_model_checkpoint: state.best_model_checkpoint,
             best_global_step: state.best_global_step,
+            eval_history: state
+                .eval_history
+                .into_iter()
+                .map(|(s, l)| (s, l.0))
+                .collect(),
+            evals_without_improvement: state.evals_without_improvement,
+            tokens_seen: state.tokens_seen,
         };
         ckpt.validate()
             .map_err(|e| Error::format(dir.join(HONE_STATE_FILE), e.to_string()))?;

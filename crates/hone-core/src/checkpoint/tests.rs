@@ -55,7 +55,7 @@ fn checkpoint(step: u64) -> Checkpoint {
         ]),
         data_position: DataPosition {
             epoch: step / 3,
-            index: step % 3 * 4,
+            index: (step % 3 * 4) as usize,
         },
         model_fingerprint: ModelFingerprint::of_model(&spec, &base),
         training_config: serde_json::json!({"learning_rate": 2e-4, "max_steps": 100, "save_steps": 1, "per_device_train_batch_size": 4}),
@@ -63,6 +63,9 @@ fn checkpoint(step: u64) -> Checkpoint {
         best_metric: Some(1.25),
         best_model_checkpoint: Some("out/checkpoints/checkpoint-1".into()),
         best_global_step: Some(1),
+        eval_history: vec![(2, 1.25), (4, f64::NAN)],
+        evals_without_improvement: 1,
+        tokens_seen: 12345,
     }
 }
 
@@ -90,6 +93,17 @@ fn assert_same(a: &Checkpoint, b: &Checkpoint) {
             .collect::<Vec<_>>()
     };
     assert_eq!(hist(a), hist(b));
+    let evals = |c: &Checkpoint| {
+        c.eval_history
+            .iter()
+            .map(|(s, l)| (*s, l.to_bits()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(evals(a), evals(b));
+    assert_eq!(
+        (a.evals_without_improvement, a.tokens_seen),
+        (b.evals_without_improvement, b.tokens_seen)
+    );
     assert_eq!(a.optimizer.step, b.optimizer.step);
     assert_eq!(
         (a.step, a.epoch.to_bits(), a.scheduler_step),
