@@ -48,12 +48,13 @@ test-rust:
 test-wasm: setup
 	cargo build --release --target wasm32-unknown-unknown -p hone-core -p hone-cpu
 
+# Fine-tune SmolLM2-135M-Instruct on the polarity sentences (examples/polarity.yaml) and show
+# held-out accuracy and generations before and after (scripts/demo.sh).
 demo: models build
 	@echo "== hone generate (greedy) on SmolLM2-135M-Instruct Q4_1 GGUF"
 	$(HONE) generate -m $(SMOLLM2_GGUF) -p "The capital of France is" --max_new_tokens 16 --temperature 0
 	@echo
-	@echo "== hone generate --chat (sampled, seed 7)"
-	$(HONE) generate -m $(SMOLLM2_GGUF) --chat -p "Write one sentence about the sea." --max_new_tokens 48 --temperature 0.7 --top_p 0.9 --seed 7
+	bash scripts/demo.sh $(HONE) $(SMOLLM2_GGUF) demo-output
 
 bench: models build
 	bash scripts/bench.sh $(HONE) $(SMOLLM2_GGUF)

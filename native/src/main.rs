@@ -12,9 +12,13 @@ use hone_core::sampling::SamplingParams;
 use hone_core::Model;
 use hone_cpu::{CpuModel, CpuModelOptions, CpuSession};
 
+mod args;
+mod eval;
+mod finetune;
+
 /// hone: fine-tune and run small language models where the data lives.
 #[derive(Parser)]
-#[command(name = "hone", version, about)]
+#[command(name = "hone", version, about, args_override_self = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -28,6 +32,28 @@ enum Command {
     Inspect(InspectArgs),
     /// Measure load time, prompt processing and decode speed; prints one JSON line.
     Bench(BenchArgs),
+    /// Fine-tune a LoRA adapter on a dataset (options as `olive finetune` / HF TrainingArguments).
+    Finetune(Box<finetune::FinetuneArgs>),
+    /// Evaluate a model (and adapter) on a dataset: loss, perplexity, accuracy, f1, bleu, rouge.
+    Eval(Box<eval::EvalArgs>),
+    /// Write the logits of every position of a text (with or without an adapter) to a
+    /// safetensors file, for comparisons with other runtimes.
+    Logits(LogitsArgs),
+}
+
+#[derive(Args)]
+struct LogitsArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// A PEFT LoRA adapter folder.
+    #[arg(long, visible_alias = "adapter_path")]
+    adapter: Option<PathBuf>,
+    /// The text (tokenized with special tokens, as `generate` does).
+    #[arg(short = 'p', long)]
+    prompt: String,
+    /// Output file: tensors `input_ids` (f32 [T], exact integers) and `logits` (f32 [T, vocab]).
+    #[arg(short = 'o', long)]
+    output: PathBuf,
 }
 
 #[derive(Args)]
@@ -92,6 +118,9 @@ struct GenerateArgs {
     /// Convert every weight to f32 at load instead of dequantizing tiles on the fly.
     #[arg(long = "dequantize_at_load")]
     dequantize_at_load: bool,
+    /// A PEFT LoRA adapter folder (e.g. OUTPUT/adapter from `hone finetune`).
+    #[arg(long, visible_alias = "adapter_path")]
+    adapter: Option<PathBuf>,
     /// Print nothing but the generated text.
     #[arg(short, long)]
     quiet: bool,
@@ -112,6 +141,9 @@ fn main() -> ExitCode {
         Command::Generate(a) => cmd_generate(a),
         Command::Inspect(a) => cmd_inspect(a),
         Command::Bench(a) => cmd_bench(a),
+        Command::Finetune(a) => finetune::cmd_finetune(*a),
+        Command::Eval(a) => eval::cmd_eval(*a),
+        Command::Logits(a) => cmd_logits(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -130,6 +162,19 @@ fn main() -> ExitCode {
             eprintln!("error: {msg}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Run a future to completion on this thread. The CPU engine's futures never wait on anything,
+/// so polling them in a loop is all an executor has to do.
+pub(crate) fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        if let std::task::Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::yield_now();
     }
 }
 
@@ -159,13 +204,16 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
         bail!("the prompt is empty after tokenization");
     }
     let max_len = (prompt_ids.len() + a.max_new_tokens).min(model.spec.max_position_embeddings);
-    let cpu = CpuModel::new(
+    let mut cpu = CpuModel::new(
         &model.spec,
         &model.weights,
         CpuModelOptions {
             dequantize_at_load: a.dequantize_at_load,
         },
     )?;
+    if let Some(dir) = &a.adapter {
+        args::apply_adapter(&mut cpu, dir, &model)?;
+    }
     let mut session = CpuSession::new(cpu, max_len);
     let opts = GenerateOptions {
         max_new_tokens: a.max_new_tokens,
@@ -229,6 +277,49 @@ fn render_chat(model: &Model, system: Option<&str>, user: &str) -> Result<String
     let bos = model.tokenizer.bos_token.clone().unwrap_or_default();
     let eos = model.tokenizer.eos_token.clone().unwrap_or_default();
     Ok(template.render(&messages, true, &bos, &eos)?)
+}
+
+fn cmd_logits(a: LogitsArgs) -> Result<()> {
+    let (model, _) = load(&a.model.model)?;
+    let ids = model.tokenizer.encode(&a.prompt, true)?;
+    if ids.is_empty() {
+        bail!("the prompt is empty after tokenization");
+    }
+    let mut cpu = CpuModel::new(&model.spec, &model.weights, CpuModelOptions::default())?;
+    if let Some(dir) = &a.adapter {
+        args::apply_adapter(&mut cpu, dir, &model)?;
+    }
+    let mut cache = hone_cpu::KvCache::new(&model.spec, ids.len());
+    let logits = cpu.forward(&ids, &mut cache)?;
+    // Ids as f32 (exact below 2^24; safetensors writing here has no integer type).
+    let id_bytes: Vec<u8> = ids.iter().flat_map(|&i| (i as f32).to_le_bytes()).collect();
+    let logit_bytes: Vec<u8> = logits.data.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let (n, v) = ([ids.len()], [logits.rows, logits.vocab]);
+    hone_core::safetensors::write_safetensors(
+        &a.output,
+        &[
+            hone_core::safetensors::TensorView {
+                name: "input_ids",
+                shape: &n,
+                dtype: hone_core::DType::F32,
+                data: &id_bytes,
+            },
+            hone_core::safetensors::TensorView {
+                name: "logits",
+                shape: &v,
+                dtype: hone_core::DType::F32,
+                data: &logit_bytes,
+            },
+        ],
+        None,
+    )?;
+    eprintln!(
+        "[hone] {} tokens x {} logits -> {}",
+        logits.rows,
+        logits.vocab,
+        a.output.display()
+    );
+    Ok(())
 }
 
 fn cmd_inspect(a: InspectArgs) -> Result<()> {

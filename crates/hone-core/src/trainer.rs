@@ -84,7 +84,10 @@ pub enum TrainEvent {
         loss: f64,
         lr: f32,
         grad_norm: f32,
+        /// Label tokens of the step (the loss's denominator).
         tokens: usize,
+        /// Tokens fed through the model in the step (padding excluded).
+        input_tokens: usize,
     },
     /// An evaluation finished.
     Eval {
@@ -178,12 +181,17 @@ impl<E: Engine> Trainer<E> {
 
     /// One optimizer step: accumulate gradients over micro-batches, normalised by the label
     /// tokens of the whole step (as transformers' Trainer does with `num_items_in_batch`), then
-    /// clip and apply AdamW. Returns the step's mean loss and grad norm.
-    pub async fn step(&mut self, lr: f32) -> Result<(f64, f32, usize)> {
+    /// clip and apply AdamW. Returns the step's mean loss, grad norm, label tokens and input
+    /// tokens (padding excluded).
+    pub async fn step(&mut self, lr: f32) -> Result<(f64, f32, usize, usize)> {
         let batches: Vec<Batch> = (0..self.options.gradient_accumulation_steps)
             .map(|_| self.loader.next_batch())
             .collect();
         let tokens: usize = batches.iter().map(Batch::loss_tokens).sum();
+        let input_tokens: usize = batches
+            .iter()
+            .map(|b| b.attention_mask.iter().filter(|&&m| m != 0).count())
+            .sum();
         if tokens == 0 {
             return Err(Error::Invalid(format!(
                 "step {}: the batch has no label tokens (every label is -100); check --completion_only and --max_seq_len",
@@ -222,7 +230,7 @@ impl<E: Engine> Trainer<E> {
         self.state.data = self.loader.position();
         self.state.tokens_seen += tokens as u64;
         self.state.loss_history.push((self.state.step, mean));
-        Ok((mean, stats.grad_norm, tokens))
+        Ok((mean, stats.grad_norm, tokens, input_tokens))
     }
 
     /// Train until `max_steps`, early stopping or a hook asks to stop.
@@ -230,7 +238,7 @@ impl<E: Engine> Trainer<E> {
         let o = self.options.clone();
         while self.state.step < o.max_steps {
             let lr = hooks.lr(self.state.step);
-            let (loss, grad_norm, tokens) = self.step(lr).await?;
+            let (loss, grad_norm, tokens, input_tokens) = self.step(lr).await?;
             let step = self.state.step;
             let mut go_on = hooks.on_event(&TrainEvent::Step {
                 step,
@@ -239,6 +247,7 @@ impl<E: Engine> Trainer<E> {
                 lr,
                 grad_norm,
                 tokens,
+                input_tokens,
             })?;
             let last = step == o.max_steps;
             let mut early = false;

@@ -1,8 +1,10 @@
 //! hone-cpu: the CPU engine. A Llama-family forward pass written as explicit ops on f32
 //! buffers (`ops`), matmuls over weights kept in their stored type (`matmul`), the model with
-//! its KV cache (`model`) and a session that the generation loop drives (`session`).
+//! its KV cache and an optional LoRA adapter (`model`, `lora`), and a session that the
+//! generation loop drives (`session`).
 
 mod gemv;
+mod lora;
 pub mod matmul;
 pub mod model;
 pub mod ops;

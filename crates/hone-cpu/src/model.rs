@@ -1,8 +1,11 @@
 //! `CpuModel`: a Llama-family decoder (Llama, Qwen2) run as a fixed sequence of forward ops
-//! over activation buffers planned for the number of new tokens, with a `KvCache`.
+//! over activation buffers planned for the number of new tokens, with a `KvCache` and an
+//! optional LoRA adapter applied unmerged (`set_adapter`).
 
-use hone_core::{Error, ModelSpec, Result, WeightStore};
+use hone_core::adapter::{lora_a_key, lora_b_key, saved_module_key, AdapterTensor, LoraAdapter};
+use hone_core::{Error, ModelSpec, Result, TensorEntry, WeightStore};
 
+use crate::lora::LoraDelta;
 use crate::matmul::{matmul_forward, Weight};
 use crate::ops::{
     attention_forward, embedding_forward, residual_forward, rmsnorm_forward, rope_forward,
@@ -17,11 +20,13 @@ pub struct CpuModelOptions {
     pub dequantize_at_load: bool,
 }
 
-/// A linear layer: weight `[out, in]` and optional bias `[out]`.
+/// A linear layer: weight `[out, in]`, optional bias `[out]` and optional LoRA update.
 #[derive(Debug, Clone)]
 pub(crate) struct Linear {
     pub(crate) weight: Weight,
     pub(crate) bias: Option<Vec<f32>>,
+    /// Set by `CpuModel::set_adapter`.
+    pub(crate) lora: Option<LoraDelta>,
 }
 
 impl Linear {
@@ -35,12 +40,16 @@ impl Linear {
         Ok(Linear {
             weight: if dense { w.to_dense() } else { w },
             bias,
+            lora: None,
         })
     }
 
-    /// `out[m, out] = inp[m, in] @ W^T + b`.
+    /// `out[m, out] = inp[m, in] @ W^T + b (+ scale * (inp @ A^T) @ B^T with a LoRA update)`.
     pub(crate) fn forward(&self, out: &mut [f32], inp: &[f32], m: usize) {
         matmul_forward(out, inp, &self.weight, self.bias.as_deref(), m);
+        if let Some(lora) = &self.lora {
+            lora.forward(out, inp, m);
+        }
     }
 }
 
@@ -58,6 +67,21 @@ pub(crate) struct Layer {
     pub(crate) gate_proj: Linear,
     pub(crate) up_proj: Linear,
     pub(crate) down_proj: Linear,
+}
+
+impl Layer {
+    /// The seven projections with their module paths inside the layer (`self_attn.q_proj`).
+    fn projections_mut(&mut self) -> [(&'static str, &mut Linear); 7] {
+        [
+            ("self_attn.q_proj", &mut self.q_proj),
+            ("self_attn.k_proj", &mut self.k_proj),
+            ("self_attn.v_proj", &mut self.v_proj),
+            ("self_attn.o_proj", &mut self.o_proj),
+            ("mlp.gate_proj", &mut self.gate_proj),
+            ("mlp.up_proj", &mut self.up_proj),
+            ("mlp.down_proj", &mut self.down_proj),
+        ]
+    }
 }
 
 /// Activation buffers for up to `cap` new tokens, reused between calls.
@@ -204,6 +228,18 @@ pub struct CpuModel {
     inv_freq: Vec<f32>,
     eps: f32,
     acts: Activations,
+    /// The adapter's full replacement weights, when `set_adapter` was called (the LoRA
+    /// updates themselves hang on each `Linear`).
+    adapter: Option<SavedWeights>,
+}
+
+/// Weights an adapter replaces in full (`modules_to_save`), as f32.
+#[derive(Debug, Default)]
+struct SavedWeights {
+    /// Replaces `model.embed_tokens.weight` for the input embedding.
+    embed_tokens: Option<Weight>,
+    /// Replaces the output head (`lm_head.weight`, or the embedding when tied).
+    lm_head: Option<Weight>,
 }
 
 impl CpuModel {
@@ -268,7 +304,94 @@ impl CpuModel {
             inv_freq: spec.rope_inv_freq(),
             eps: spec.rms_norm_eps as f32,
             acts: Activations::default(),
+            adapter: None,
         })
+    }
+
+    /// Use `adapter` (unmerged: y = W x + b + scale * B (A x)) in every later forward. Checks it
+    /// against the model (`adapter.check_against(spec)`) and errors naming the tensor on a
+    /// mismatch, leaving the model as it was. Replaces any adapter set before.
+    ///
+    /// `modules_to_save` weights replace the base weight they name and nothing else: with tied
+    /// embeddings a saved `lm_head` changes only the output head and a saved `embed_tokens`
+    /// only the input embedding, as in PEFT, whose saved copy is a separate module.
+    pub fn set_adapter(&mut self, adapter: &LoraAdapter) -> Result<()> {
+        adapter.check_against(&self.spec)?;
+        let scale = adapter.config.scale() as f32;
+        // Build every update before touching the model, so an error leaves it as it was.
+        let mut deltas = Vec::with_capacity(self.layers.len());
+        for (l, layer) in self.layers.iter_mut().enumerate() {
+            let mut per_layer: [Option<LoraDelta>; 7] = Default::default();
+            for (slot, (name, linear)) in per_layer.iter_mut().zip(layer.projections_mut()) {
+                let module = format!("model.layers.{l}.{name}");
+                *slot = match (adapter.lora_a(&module), adapter.lora_b(&module)) {
+                    (Some(a), Some(b)) => Some(LoraDelta::new(
+                        &module,
+                        a,
+                        b,
+                        scale,
+                        linear.weight.cols,
+                        linear.weight.rows,
+                    )?),
+                    (None, None) => None,
+                    (a, _) => {
+                        let key = if a.is_none() {
+                            lora_a_key(&module)
+                        } else {
+                            lora_b_key(&module)
+                        };
+                        return Err(Error::Invalid(format!(
+                            "adapter: tensor '{key}' is missing (the adapter has the other \
+                             matrix of '{module}')"
+                        )));
+                    }
+                };
+            }
+            deltas.push(per_layer);
+        }
+        let mut saved = SavedWeights::default();
+        for m in adapter.config.resolve_modules_to_save(&self.spec)? {
+            let key = saved_module_key(&m.weight_name);
+            let t = adapter.tensors.get(&key).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "adapter: tensor '{key}' is missing (modules_to_save names '{}')",
+                    m.module
+                ))
+            })?;
+            let w = saved_weight(&key, t, &m.shape)?;
+            match m.module.as_str() {
+                "lm_head" => saved.lm_head = Some(w),
+                "embed_tokens" => saved.embed_tokens = Some(w),
+                other => {
+                    return Err(Error::Invalid(format!(
+                        "adapter: modules_to_save '{other}' is not supported for inference \
+                         (supported: lm_head, embed_tokens)"
+                    )))
+                }
+            }
+        }
+        for (layer, per_layer) in self.layers.iter_mut().zip(deltas) {
+            for ((_, linear), delta) in layer.projections_mut().into_iter().zip(per_layer) {
+                linear.lora = delta;
+            }
+        }
+        self.adapter = Some(saved);
+        Ok(())
+    }
+
+    /// Back to the base model.
+    pub fn clear_adapter(&mut self) {
+        for layer in &mut self.layers {
+            for (_, linear) in layer.projections_mut() {
+                linear.lora = None;
+            }
+        }
+        self.adapter = None;
+    }
+
+    /// Whether an adapter is set.
+    pub fn has_adapter(&self) -> bool {
+        self.adapter.is_some()
     }
 
     /// The model's architecture.
@@ -276,9 +399,13 @@ impl CpuModel {
         &self.spec
     }
 
-    /// Bytes held by the weights (shared tensors counted once).
+    /// Bytes held by the weights (shared tensors counted once), a set adapter's included.
     pub fn weight_bytes(&self) -> usize {
-        let lin = |l: &Linear| l.weight.bytes() + l.bias.as_ref().map_or(0, |b| b.len() * 4);
+        let lin = |l: &Linear| {
+            l.weight.bytes()
+                + l.bias.as_ref().map_or(0, |b| b.len() * 4)
+                + l.lora.as_ref().map_or(0, LoraDelta::bytes)
+        };
         let layers: usize = self
             .layers
             .iter()
@@ -298,7 +425,11 @@ impl CpuModel {
         } else {
             self.lm_head.bytes()
         };
-        layers + self.embed_tokens.bytes() + head + self.final_norm.len() * 4
+        let saved = self.adapter.as_ref().map_or(0, |s| {
+            s.embed_tokens.as_ref().map_or(0, Weight::bytes)
+                + s.lm_head.as_ref().map_or(0, Weight::bytes)
+        });
+        layers + self.embed_tokens.bytes() + head + self.final_norm.len() * 4 + saved
     }
 
     /// An empty cache for this model holding at most `max_len` positions.
@@ -362,8 +493,14 @@ impl CpuModel {
             inv_freq,
             eps,
             acts,
+            adapter,
         } = self;
         let eps = *eps;
+        let saved = adapter.as_ref();
+        let embed_tokens = saved
+            .and_then(|s| s.embed_tokens.as_ref())
+            .unwrap_or(embed_tokens);
+        let lm_head = saved.and_then(|s| s.lm_head.as_ref()).unwrap_or(lm_head);
         let (t, past) = (tokens.len(), cache.len);
         let (h, qd, kvd, ffn) = (
             spec.hidden_size,
@@ -434,6 +571,24 @@ impl CpuModel {
             first_position: past + first,
         })
     }
+}
+
+/// An adapter's full weight (`modules_to_save`) as an f32 `Weight`, checking its shape.
+fn saved_weight(key: &str, t: &AdapterTensor, shape: &[usize]) -> Result<Weight> {
+    if t.shape != shape {
+        return Err(Error::Invalid(format!(
+            "adapter: tensor '{key}' has shape {:?}, this model needs {shape:?}",
+            t.shape
+        )));
+    }
+    if let Some(i) = t.values.iter().position(|v| !v.is_finite()) {
+        return Err(Error::Invalid(format!(
+            "adapter: tensor '{key}' value {i} is {}",
+            t.values[i]
+        )));
+    }
+    let entry = TensorEntry::from_f32(key, t.shape.clone(), &t.values)?;
+    Ok(Weight::from_entry(&entry).to_dense())
 }
 
 /// Reject specs the forward pass cannot run, naming the field.

@@ -216,6 +216,22 @@ pub(crate) fn inject_write_failure(file_name: Option<&str>) {
     FAIL_WRITE_OF.with(|f| *f.borrow_mut() = file_name.map(str::to_string));
 }
 
+/// Test seam for crash tests: `HONE_TEST_CHECKPOINT_PAUSE_MS=N` pauses N ms after each file of
+/// a checkpoint, so a test can kill the process while a checkpoint is half-written.
+fn slow_write_pause() -> Option<std::time::Duration> {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        std::env::var("HONE_TEST_CHECKPOINT_PAUSE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(std::time::Duration::from_millis)
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        None
+    }
+}
+
 /// Write `bytes` to a new file and fsync it; the error names the path.
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     let result = (|| -> std::io::Result<()> {
@@ -426,8 +442,12 @@ impl Checkpoint {
             (TRAINER_STATE_FILE, self.trainer_state_bytes()?),
         ];
         let mut files = BTreeMap::new();
+        let pause = slow_write_pause();
         for (file, bytes) in &contents {
             write_synced(&dir.join(file), bytes)?;
+            if let Some(p) = pause {
+                std::thread::sleep(p);
+            }
             files.insert(
                 file.to_string(),
                 FileRecord {

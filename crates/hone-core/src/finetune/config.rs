@@ -323,7 +323,11 @@ impl FinetuneConfig {
             ));
         }
         if self.lora_r == 0 {
-            return Err(bad("lora_r", "0", "the LoRA rank must be at least 1".into()));
+            return Err(bad(
+                "lora_r",
+                "0",
+                "the LoRA rank must be at least 1".into(),
+            ));
         }
         if !(self.lora_alpha.is_finite() && self.lora_alpha > 0.0) {
             return Err(bad(
@@ -369,7 +373,10 @@ impl FinetuneConfig {
                 "must be >= 0".into(),
             ));
         }
-        for (name, v) in [("adam_beta1", self.adam_beta1), ("adam_beta2", self.adam_beta2)] {
+        for (name, v) in [
+            ("adam_beta1", self.adam_beta1),
+            ("adam_beta2", self.adam_beta2),
+        ] {
             if !(0.0..1.0).contains(&v) {
                 return Err(bad(name, &v.to_string(), "must be in [0, 1)".into()));
             }
@@ -404,9 +411,18 @@ impl FinetuneConfig {
             ));
         }
         for (name, v) in [
-            ("per_device_train_batch_size", self.per_device_train_batch_size),
-            ("per_device_eval_batch_size", self.per_device_eval_batch_size),
-            ("gradient_accumulation_steps", self.gradient_accumulation_steps),
+            (
+                "per_device_train_batch_size",
+                self.per_device_train_batch_size,
+            ),
+            (
+                "per_device_eval_batch_size",
+                self.per_device_eval_batch_size,
+            ),
+            (
+                "gradient_accumulation_steps",
+                self.gradient_accumulation_steps,
+            ),
             ("max_seq_len", self.max_seq_len),
         ] {
             if v == 0 {
@@ -500,7 +516,9 @@ impl FinetuneConfig {
 
     /// Whether TensorBoard event files are written.
     pub fn tensorboard(&self) -> bool {
-        self.report_to.iter().any(|r| r == "tensorboard" || r == "all")
+        self.report_to
+            .iter()
+            .any(|r| r == "tensorboard" || r == "all")
             && !self.report_to.iter().any(|r| r == "none")
     }
 }
@@ -547,8 +565,10 @@ mod tests {
 
     #[test]
     fn later_layers_win_and_defaults_fill_the_rest() {
-        let file = layer(json!({"model_name_or_path": "m.gguf", "data_name": "d.jsonl",
-            "lora_r": 16, "text_template": "{a}", "target_modules": "q_proj, v_proj"}));
+        let file = layer(
+            json!({"model_name_or_path": "m.gguf", "data_name": "d.jsonl",
+            "lora_r": 16, "text_template": "{a}", "target_modules": "q_proj, v_proj"}),
+        );
         let flags = layer(json!({"lora_r": 4, "report_to": "none"}));
         let c = FinetuneConfig::from_layers(&[("c.yaml", file), ("command line", flags)]).unwrap();
         assert_eq!(c.lora_r, 4);

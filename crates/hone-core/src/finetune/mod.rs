@@ -186,13 +186,22 @@ impl DataOptions {
     }
 
     /// Tokenize examples for training or loss evaluation.
-    pub fn tokenize(&self, examples: &[Example], source: &Path, model: &Model) -> Result<Tokenized> {
+    pub fn tokenize(
+        &self,
+        examples: &[Example],
+        source: &Path,
+        model: &Model,
+    ) -> Result<Tokenized> {
         let tok = &model.tokenizer;
         let chat = self.use_chat_template;
         let opts = TokenizeOptions {
             completion_only: self.completion_only,
             // A chat template writes its own bos; otherwise follow the tokenizer's post-processor.
-            bos_id: if !chat && tok.add_bos { tok.bos_id } else { None },
+            bos_id: if !chat && tok.add_bos {
+                tok.bos_id
+            } else {
+                None
+            },
             eos_id: if !chat && self.add_eos_token {
                 tok.eos_token
                     .as_deref()
@@ -357,9 +366,10 @@ pub fn adapter_to_params(adapter: &LoraAdapter) -> Result<Vec<NamedTensor>> {
             ('A', lora_a_key(&t.module_path)),
             ('B', lora_b_key(&t.module_path)),
         ] {
-            let tensor = adapter.tensors.get(&key).ok_or_else(|| {
-                Error::Invalid(format!("adapter: tensor '{key}' is missing"))
-            })?;
+            let tensor = adapter
+                .tensors
+                .get(&key)
+                .ok_or_else(|| Error::Invalid(format!("adapter: tensor '{key}' is missing")))?;
             out.push(NamedTensor {
                 name: engine_name(&t.module_path, which),
                 shape: tensor.shape.clone(),
@@ -404,7 +414,9 @@ pub fn params_to_adapter(
 /// The engine's AdamW state as a checkpoint holds it (keyed by PEFT names).
 pub fn optimizer_to_checkpoint(state: OptimizerState) -> Result<AdamWState> {
     let map = |v: Vec<NamedTensor>| -> Result<std::collections::BTreeMap<String, Vec<f32>>> {
-        v.into_iter().map(|t| Ok((peft_key(&t.name)?, t.data))).collect()
+        v.into_iter()
+            .map(|t| Ok((peft_key(&t.name)?, t.data)))
+            .collect()
     };
     Ok(AdamWState {
         step: state.step,
@@ -432,7 +444,9 @@ pub fn optimizer_from_checkpoint(ckpt: &Checkpoint) -> Result<OptimizerState> {
         let key = peft_key(&name)?;
         let get = |m: &std::collections::BTreeMap<String, Vec<f32>>| {
             m.get(&key).cloned().ok_or_else(|| {
-                Error::Invalid(format!("checkpoint: optimizer state for '{key}' is missing"))
+                Error::Invalid(format!(
+                    "checkpoint: optimizer state for '{key}' is missing"
+                ))
             })
         };
         exp_avg.push(NamedTensor {
@@ -514,7 +528,10 @@ pub fn trainer_state_of(ckpt: &Checkpoint) -> TrainerState {
 
 /// Options that change the numbers of a run: resuming with any of them changed cannot reproduce
 /// the uninterrupted run. Returns `(option, checkpoint value, current value)` of each difference.
-pub fn resume_differences(checkpoint_config: &Value, current: &Value) -> Vec<(String, Value, Value)> {
+pub fn resume_differences(
+    checkpoint_config: &Value,
+    current: &Value,
+) -> Vec<(String, Value, Value)> {
     const NUMERIC: [&str; 22] = [
         "data_name",
         "train_split",
