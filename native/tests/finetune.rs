@@ -635,3 +635,93 @@ fn eval_and_generate_use_the_trained_adapter() {
     ]);
     one_line_error(&g, &["tiny-llama-adapter", "does not fit", "tiny.gguf"]);
 }
+
+#[test]
+fn chat_datasets_train_through_the_models_chat_template() {
+    let dir = temp_dir("chat");
+    let spec = tiny_spec(Architecture::Llama, true, 368);
+    let weights = tiny_weights(&spec, DType::Q8_0, 7).unwrap();
+    let meta = tiny_gguf_metadata(&spec, "tiny");
+    assert!(meta.iter().any(|(k, _)| k == "tokenizer.chat_template"));
+    let model = dir.join("chat.gguf");
+    write_model_gguf(&model, &spec, &weights, &meta).unwrap();
+    let data = dir.join("chat.jsonl");
+    let mut rows = String::new();
+    for i in 0..8 {
+        rows.push_str(&format!(
+            "{{\"messages\": [{{\"role\": \"user\", \"content\": \"is {i} even?\"}}, {{\"role\": \"assistant\", \"content\": \"{}\"}}]}}\n",
+            if i % 2 == 0 { "yes" } else { "no" }
+        ));
+    }
+    std::fs::write(&data, rows).unwrap();
+    let out = dir.join("out");
+    let run = |extra: &[&str], out: &Path| {
+        let mut a = vec![
+            "finetune",
+            "-m",
+            model.to_str().unwrap(),
+            "-d",
+            data.to_str().unwrap(),
+            "--use_chat_template",
+            "--completion_only",
+            "--max_steps",
+            "2",
+            "--report_to",
+            "none",
+            "-o",
+            out.to_str().unwrap(),
+        ];
+        a.extend_from_slice(extra);
+        hone(&a)
+    };
+    // A messages column.
+    let o = run(&[], &out);
+    ok(&o);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("<|im_start|>assistant") && stderr.contains("is 0 even?"),
+        "{stderr}"
+    );
+    // 8 rows, completion-only: the trained tokens are the assistant turns only (yes/no +
+    // the end-of-turn marker), far fewer than all tokens.
+    let summary = stderr.lines().find(|l| l.contains("[hone] train")).unwrap();
+    assert!(summary.contains("8 rows -> 8 examples"), "{summary}");
+    // A text template rendered as a user turn and an assistant turn.
+    let rows: String = (0..8)
+        .map(|i| {
+            format!(
+                "{{\"q\": \"is {i} odd?\", \"a\": \"{}\"}}\n",
+                if i % 2 == 1 { "yes" } else { "no" }
+            )
+        })
+        .collect();
+    std::fs::write(&data, rows).unwrap();
+    let o = run(&["--text_template", "{q} {a}"], &dir.join("out2"));
+    ok(&o);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("<|im_start|>user\\nis 0 odd?"), "{stderr}");
+    // A model without a chat template is refused with --use_chat_template.
+    let plain = dir.join("plain.gguf");
+    let no_template: Vec<_> = meta
+        .iter()
+        .filter(|(k, _)| k != "tokenizer.chat_template")
+        .cloned()
+        .collect();
+    write_model_gguf(&plain, &spec, &weights, &no_template).unwrap();
+    let mut a = vec![
+        "finetune",
+        "-m",
+        plain.to_str().unwrap(),
+        "-d",
+        data.to_str().unwrap(),
+        "--use_chat_template",
+        "--text_template",
+        "{q} {a}",
+        "--log_level",
+        "warning",
+        "-o",
+    ];
+    let o3 = dir.join("out3");
+    a.push(o3.to_str().unwrap());
+    one_line_error(&hone(&a), &["plain.gguf", "no chat template"]);
+}
