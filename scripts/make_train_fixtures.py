@@ -7,7 +7,9 @@ Run from anywhere:
 
     HF_HUB_OFFLINE=1 /work/cache/venv/bin/python scripts/make_train_fixtures.py
 
-For each model it writes, under tests/fixtures/train/<model>/:
+For each model it writes, under tests/fixtures/train/<model>/ (and, for each entry of
+MODULES_TO_SAVE, the same with those modules trained in full under
+tests/fixtures/train/<model>-<modules>/):
     init-adapter/        the initial adapter as PEFT saves it (adapter_config.json +
                          adapter_model.safetensors): LoRA r=4, alpha=8, dropout 0, the seven
                          projections of every layer; A and B both random and non-zero.
@@ -20,6 +22,11 @@ For each model it writes, under tests/fixtures/train/<model>/:
                          -100 where no loss is taken), the first step's per-micro-batch NLL sums
                          and label counts, and the 20-step curve: loss, learning rate and
                          pre-clipping gradient norm of each optimizer step.
+
+With `modules_to_save`, PEFT trains a copy of each named module (the adapter and the gradient
+files hold it as `base_model.model.lm_head.weight`); the original stays frozen, so on the tied
+qwen2 the copy of `lm_head` serves the output only and the input embedding stays the original
+(`ensure_weight_tying` left at its default, False). Weight decay applies to the copies too.
 
 The training loop is plain torch and mirrors what transformers 5.x's Trainer does with these
 settings: AdamW (lr 1e-3, betas (0.9, 0.999), eps 1e-8, weight decay 0.01 on every LoRA matrix),
@@ -43,6 +50,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "tests" / "fixtures" / "train"
 MODELS = ["hf-tiny-llama", "hf-tiny-qwen2"]
+# (model, modules_to_save) cases besides the plain LoRA ones.
+MODULES_TO_SAVE = [("hf-tiny-qwen2", ["lm_head"]), ("hf-tiny-llama", ["embed_tokens"])]
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 RANK, ALPHA = 4, 8
 BATCH, SEQ, N_MICRO = 2, 16, 4
@@ -90,16 +99,16 @@ def cosine_with_warmup(step):
 
 
 def peft_name(name):
-    return name.replace(".default", "")
+    return name.replace(".modules_to_save.default", "").replace(".default", "")
 
 
-def make(model_dir):
+def make(model_dir, modules_to_save=None):
     from peft import LoraConfig, get_peft_model
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM
 
     name = model_dir.name
-    out = OUT / name
+    out = OUT / (name + "".join("-" + m for m in modules_to_save or []))
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -108,9 +117,22 @@ def make(model_dir):
         model_dir, dtype=torch.float32, attn_implementation="eager"
     )
     config = LoraConfig(
-        task_type="CAUSAL_LM", r=RANK, lora_alpha=ALPHA, lora_dropout=0.0, target_modules=TARGETS
+        task_type="CAUSAL_LM",
+        r=RANK,
+        lora_alpha=ALPHA,
+        lora_dropout=0.0,
+        target_modules=TARGETS,
+        modules_to_save=modules_to_save,
     )
     model = get_peft_model(model, config)
+    if modules_to_save:
+        # The copies are new parameters: the frozen originals (the tied embedding) stay.
+        emb = model.get_input_embeddings()
+        head = model.get_output_embeddings()
+        if "lm_head" in modules_to_save and "embed_tokens" not in modules_to_save:
+            assert model.config.tie_word_embeddings
+            assert head.weight.data_ptr() != emb.weight.data_ptr()
+            assert not emb.weight.requires_grad and head.weight.requires_grad
     model.train()
     gen = torch.Generator().manual_seed(1234)
     params = []
@@ -179,6 +201,8 @@ def make(model_dir):
         "first_step": first,
         "curve": curve,
     }
+    if modules_to_save:
+        expected["modules_to_save"] = modules_to_save
     (out / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")
     for f in out.rglob("*"):
         if f.is_file():
@@ -199,6 +223,8 @@ def main():
     os.chdir(ROOT)
     for m in MODELS:
         make(Path("tests") / "fixtures" / m)
+    for m, modules in MODULES_TO_SAVE:
+        make(Path("tests") / "fixtures" / m, modules)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::adapter::SavedModule;
 use crate::error::Result;
 
 /// One LoRA-adapted linear layer, by its HF module path (`model.layers.0.self_attn.q_proj`).
@@ -19,18 +20,24 @@ pub struct TrainTarget {
     pub out_features: usize,
 }
 
-/// What to train: LoRA rank, scale (alpha/r or alpha/sqrt(r)), dropout on the LoRA input, and
-/// the adapted layers in a stable order.
+/// What to train: LoRA rank, scale (alpha/r or alpha/sqrt(r)), dropout on the LoRA input, the
+/// adapted layers in a stable order, and the modules trained in full (PEFT `modules_to_save`:
+/// a trainable copy of `lm_head` / `embed_tokens`, the original staying frozen, so on a model
+/// with tied embeddings the copy replaces only the output head, or only the input embedding).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LoraSetup {
     pub rank: usize,
     pub scale: f32,
     pub dropout: f32,
     pub targets: Vec<TrainTarget>,
+    /// Engine tensor name = the HF weight name (`lm_head.weight`, `model.embed_tokens.weight`).
+    #[serde(default)]
+    pub modules_to_save: Vec<SavedModule>,
 }
 
 /// A named f32 tensor crossing the engine boundary (LoRA A/B, gradients, optimizer moments).
-/// LoRA names are `{module}.lora_A` (`[rank, in]`) and `{module}.lora_B` (`[out, rank]`).
+/// LoRA names are `{module}.lora_A` (`[rank, in]`) and `{module}.lora_B` (`[out, rank]`); a
+/// module trained in full is named by its HF weight name (`lm_head.weight`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NamedTensor {
     pub name: String,
@@ -114,7 +121,7 @@ pub trait Engine {
     async fn optimizer_step(&mut self, lr: f32, max_grad_norm: Option<f32>) -> Result<StepStats>;
     /// Loss of a micro-batch without gradients (dropout off).
     async fn eval_loss(&mut self, batch: &MicroBatch<'_>) -> Result<LossSum>;
-    /// The trainable parameters (LoRA A/B), copied out.
+    /// The trainable parameters (LoRA A/B, then any `modules_to_save` weights), copied out.
     async fn params(&self) -> Result<Vec<NamedTensor>>;
     /// Replace the trainable parameters (names and shapes must match).
     async fn set_params(&mut self, params: &[NamedTensor]) -> Result<()>;

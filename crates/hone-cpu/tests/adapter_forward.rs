@@ -325,6 +325,7 @@ fn engine_params(adapter: &LoraAdapter) -> (LoraSetup, Vec<NamedTensor>) {
         scale: adapter.config.scale() as f32,
         dropout: 0.0,
         targets,
+        modules_to_save: Vec::new(),
     };
     (setup, params)
 }

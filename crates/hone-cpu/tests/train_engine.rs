@@ -8,7 +8,7 @@ mod common;
 mod train_common;
 
 use common::{random_weights, spec, Lcg};
-use hone_core::engine::{AdamW, Engine, LoraSetup, MicroBatch, NamedTensor};
+use hone_core::engine::{AdamW, Engine, LoraSetup, MicroBatch, NamedTensor, SavedModule};
 use hone_core::{Architecture, DType, ModelSpec, WeightStore};
 use hone_cpu::train::{CpuEngine, CpuTrainOptions};
 use hone_cpu::{CpuModel, CpuModelOptions};
@@ -38,8 +38,38 @@ fn engine(
     lora_seed: u64,
 ) -> CpuEngine {
     let mut e = CpuEngine::new(spec, w, setup.clone(), AdamW::default(), opts).unwrap();
-    block_on(e.set_params(&random_lora(setup, lora_seed, 0.3))).unwrap();
+    block_on(e.set_params(&with_lora(&e, setup, lora_seed))).unwrap();
     e
+}
+
+/// The engine's parameters with random LoRA matrices (the `modules_to_save` copies as the
+/// engine made them: the base weights).
+fn with_lora(e: &CpuEngine, setup: &LoraSetup, lora_seed: u64) -> Vec<NamedTensor> {
+    let lora = random_lora(setup, lora_seed, 0.3);
+    let mut p = block_on(e.params()).unwrap();
+    for t in &mut p {
+        if let Some(l) = lora.iter().find(|l| l.name == t.name) {
+            *t = l.clone();
+        }
+    }
+    p
+}
+
+/// `all_targets` plus `modules_to_save` (`lm_head` and/or `embed_tokens`).
+fn with_saved(spec: &ModelSpec, modules: &[&str]) -> LoraSetup {
+    let mut setup = all_targets(spec, 2, 1.5, 0.0);
+    setup.modules_to_save = modules
+        .iter()
+        .map(|&m| SavedModule {
+            module: m.into(),
+            weight_name: match m {
+                "lm_head" => "lm_head.weight".into(),
+                _ => "model.embed_tokens.weight".into(),
+            },
+            shape: vec![spec.vocab_size, spec.hidden_size],
+        })
+        .collect();
+    setup
 }
 
 fn mb<'a>(b: &'a (Vec<u32>, Vec<i32>), batch: usize, seq: usize) -> MicroBatch<'a> {
@@ -97,6 +127,35 @@ fn gradient_check_setup(label: &str, spec: &ModelSpec, w: &WeightStore, setup: &
             p[ti].data[i] = orig;
             numeric.push((fp - fm) / (hi as f64 - lo as f64));
         }
+    }
+    // Each tensor trained in full, on its own scale (its gradient must not be ~0 either).
+    let mut start = 0;
+    for t in &params {
+        let len = t.data.len();
+        if !t.name.contains(".lora_") {
+            let (a, n) = (&analytic[start..start + len], &numeric[start..start + len]);
+            let scale = n.iter().fold(0f64, |m, v| m.max(v.abs()));
+            let worst = a
+                .iter()
+                .zip(n)
+                .map(|(&a, &n)| (a as f64 - n).abs())
+                .fold(
+                    0f64,
+                    |m, e| if e.is_nan() { f64::INFINITY } else { m.max(e) },
+                );
+            eprintln!(
+                "{label}: {} ({len} values): max |grad| {scale:.3}, max error {worst:.2e} ({:.1e} relative)",
+                t.name,
+                worst / scale
+            );
+            assert!(scale > 0.05, "{label}: {}: gradient ~0", t.name);
+            assert!(
+                worst <= 2e-3 * scale,
+                "{label}: {}: max error {worst} (max |grad| {scale})",
+                t.name
+            );
+        }
+        start += len;
     }
     let scale = numeric.iter().fold(0f64, |m, v| m.max(v.abs()));
     let (mut worst, mut at) = (0f64, 0);
@@ -289,6 +348,135 @@ fn buffers_planned_for_one_shape_serve_smaller_and_larger_ones() {
             block_on(reused.optimizer_step(0.0, None)).unwrap();
         }
     }
+}
+
+/// `modules_to_save`: the gradients of the trainable lm_head / embed_tokens copies against
+/// central differences of the loss. With tied embeddings the copy replaces one use only (PEFT),
+/// so a copy that also fed the other use would differ from the finite differences.
+#[test]
+fn modules_to_save_gradients_match_finite_differences_untied() {
+    let s = tiny_llama();
+    let w = random_weights(&s, 3);
+    for modules in [&["lm_head", "embed_tokens"][..], &["embed_tokens"]] {
+        let setup = with_saved(&s, modules);
+        gradient_check_setup(&format!("untied {modules:?}"), &s, &w, &setup);
+    }
+}
+
+#[test]
+fn modules_to_save_gradients_match_finite_differences_tied() {
+    let s = tiny_qwen();
+    assert!(s.tie_word_embeddings);
+    let w = random_weights(&s, 4);
+    for modules in [
+        &["lm_head"][..],
+        &["embed_tokens"],
+        &["lm_head", "embed_tokens"],
+    ] {
+        let setup = with_saved(&s, modules);
+        gradient_check_setup(&format!("tied {modules:?}"), &s, &w, &setup);
+    }
+}
+
+/// The copies start as the base weights (a quantized embedding dequantized), leave the loss as
+/// it was, train with AdamW (weight decay included) while the frozen original keeps serving the
+/// other use, and show up in the optimizer state.
+#[test]
+fn modules_to_save_start_as_the_base_and_train_apart_from_it() {
+    // Tied, and Q8_0 rows need 32 values: hidden 32, ffn 64.
+    let s = spec(Architecture::Qwen2, 37, 4, 2, 8, 64, 2, true);
+    let w = quantize_store(&random_weights(&s, 5), DType::Q8_0, Some(DType::Q8_0));
+    let embed = w.get("model.embed_tokens.weight").unwrap().to_f32();
+    let data = random_batch(s.vocab_size, 2, 6, 6);
+    let plain = all_targets(&s, 2, 1.5, 0.0);
+    let mut base = engine(&s, &w, &plain, Default::default(), 7);
+    let want = block_on(base.eval_loss(&mb(&data, 2, 6))).unwrap().nll_sum;
+    let adamw = AdamW {
+        weight_decay: 0.1,
+        ..Default::default()
+    };
+    for modules in [&["lm_head"][..], &["embed_tokens"]] {
+        let setup = with_saved(&s, modules);
+        let mut e = CpuEngine::new(&s, &w, setup.clone(), adamw, Default::default()).unwrap();
+        let n_lora: usize = block_on(base.params())
+            .unwrap()
+            .iter()
+            .map(|t| t.data.len())
+            .sum();
+        assert_eq!(e.num_trainable(), n_lora + embed.len());
+        let p0 = with_lora(&e, &setup, 7);
+        let copy = &p0.last().unwrap();
+        assert_eq!(copy.name, setup.modules_to_save[0].weight_name);
+        assert_eq!(
+            copy.data, embed,
+            "{modules:?}: the copy starts as the base weight"
+        );
+        block_on(e.set_params(&p0)).unwrap();
+        let got = block_on(e.eval_loss(&mb(&data, 2, 6))).unwrap().nll_sum;
+        assert!((got - want).abs() <= 1e-5 * want.abs(), "{got} vs {want}");
+
+        // Zero the copy: only its own use changes. A zero lm_head gives uniform predictions
+        // (loss = ln vocab per token); a zero input embedding does not.
+        let mut zero = p0.clone();
+        zero.last_mut().unwrap().data.fill(0.0);
+        block_on(e.set_params(&zero)).unwrap();
+        let l = block_on(e.eval_loss(&mb(&data, 2, 6))).unwrap();
+        let uniform = (s.vocab_size as f64).ln() * l.tokens as f64;
+        let is_uniform = (l.nll_sum - uniform).abs() < 1e-4 * uniform;
+        assert_eq!(is_uniform, modules == ["lm_head"], "{modules:?}: {l:?}");
+
+        block_on(e.set_params(&p0)).unwrap();
+        block_on(e.forward_backward(&mb(&data, 2, 6), 1.0)).unwrap();
+        let g = block_on(e.grads()).unwrap();
+        let gn = g
+            .iter()
+            .flat_map(|t| &t.data)
+            .map(|&v| v as f64 * v as f64)
+            .sum::<f64>()
+            .sqrt();
+        let stats = block_on(e.optimizer_step(1e-3, Some(1e9))).unwrap();
+        assert!(
+            (stats.grad_norm as f64 - gn).abs() <= 1e-5 * gn,
+            "grad norm covers the copy"
+        );
+        let p1 = block_on(e.params()).unwrap();
+        let (c0, c1, gc) = (
+            &p0.last().unwrap().data,
+            &p1.last().unwrap().data,
+            &g.last().unwrap().data,
+        );
+        for i in 0..c0.len() {
+            // The first AdamW step moves every value by lr * sign(grad) after the decay.
+            let decayed = c0[i] * (1.0 - 1e-3 * 0.1);
+            let step = if gc[i] == 0.0 {
+                0.0
+            } else {
+                1e-3 * gc[i].signum()
+            };
+            assert!(
+                (c1[i] - (decayed - step)).abs() < 1e-6,
+                "{modules:?} value {i}: {} -> {} with grad {}",
+                c0[i],
+                c1[i],
+                gc[i]
+            );
+        }
+        let state = block_on(e.optimizer_state()).unwrap();
+        assert_eq!(state.exp_avg.last().unwrap().name, copy.name);
+        assert!(block_on(e.grads())
+            .unwrap()
+            .iter()
+            .all(|t| t.data.iter().all(|&v| v == 0.0)));
+        let mut missing = p1.clone();
+        missing.pop();
+        assert!(block_on(e.set_params(&missing)).is_err());
+    }
+    let mut bad = with_saved(&s, &["lm_head"]);
+    bad.modules_to_save[0].shape = vec![3, 3];
+    assert!(CpuEngine::new(&s, &w, bad, adamw, Default::default()).is_err());
+    let mut bad = with_saved(&s, &["lm_head"]);
+    bad.modules_to_save[0].weight_name = "model.norm.weight".into();
+    assert!(CpuEngine::new(&s, &w, bad, adamw, Default::default()).is_err());
 }
 
 #[test]

@@ -9,13 +9,13 @@
 
 mod common;
 
-use common::Lcg;
+use common::{assert_close, Lcg};
 use hone_core::TensorEntry;
 use hone_cpu::matmul::{matmul_forward, Weight};
 use hone_cpu::ops::{attention_forward as cached_attention, rope_tables, AttentionShape};
 use hone_cpu::train::linalg::matmul_backward;
 use hone_cpu::train::lora::{lora_backward, lora_forward, LoraShape};
-use hone_cpu::train::loss::{cross_entropy, shifted_targets, LmHead, LossScratch};
+use hone_cpu::train::loss::{cross_entropy, shifted_targets, HeadWeight, LmHead, LossScratch};
 use hone_cpu::train::ops::{
     attention_backward, attention_forward, residual_backward, rmsnorm_backward, rmsnorm_forward,
     rmsnorm_recompute, rope_backward, rope_forward_batch, swiglu_backward, swiglu_forward_into,
@@ -313,7 +313,7 @@ fn fused_cross_entropy_matches_a_plain_reference_and_finite_differences() {
     let head = LmHead {
         norm: &norm,
         eps: 1e-5,
-        weight: &w,
+        weight: HeadWeight::Frozen(&w),
     };
     let labels = [-100, 3, 7, -100, 5, -100, 49, 0];
     let targets = shifted_targets(&labels, batch, seq, vocab).unwrap();
@@ -324,10 +324,10 @@ fn fused_cross_entropy_matches_a_plain_reference_and_finite_differences() {
     let mut sc = LossScratch::default();
     let f = |x: &[f32]| {
         let mut sc = LossScratch::default();
-        scale as f64 * cross_entropy(x, &targets, head, 3, None, &mut sc)
+        scale as f64 * cross_entropy(x, &targets, head, 3, None, None, &mut sc)
     };
     let mut dx = vec![f32::NAN; x.len()];
-    let nll = cross_entropy(&x, &targets, head, 3, Some((&mut dx, scale)), &mut sc);
+    let nll = cross_entropy(&x, &targets, head, 3, Some((&mut dx, scale)), None, &mut sc);
 
     // Plain f64 reference: normalize, logits, log-softmax.
     let mut want = 0f64;
@@ -359,6 +359,54 @@ fn fused_cross_entropy_matches_a_plain_reference_and_finite_differences() {
             );
         }
     }
+}
+
+/// A trainable head (`modules_to_save = ["lm_head"]`): the same loss and dx as the frozen head
+/// of the same values, and dW (accumulated over chunks, added to what is there) against central
+/// differences of the loss in the weight.
+#[test]
+fn trainable_head_gradient_matches_finite_differences() {
+    let mut rng = Lcg::new(17);
+    let (batch, seq, h, vocab) = (2usize, 5usize, 8usize, 30usize);
+    let x = rng.vec(batch * seq * h, 1.0);
+    let norm: Vec<f32> = rng.vec(h, 0.3).iter().map(|v| 1.0 + v).collect();
+    let wv = rng.vec(vocab * h, 1.0);
+    let labels = [-100, 3, 7, 11, 5, -100, 29, 0, 2, 2];
+    let targets = shifted_targets(&labels, batch, seq, vocab).unwrap();
+    let scale = 0.61f32;
+    let trainable = |w: &[f32], grad: Option<(&mut [f32], f32)>, dw: Option<&mut [f32]>| {
+        let head = LmHead {
+            norm: &norm,
+            eps: 1e-5,
+            weight: HeadWeight::Trainable(w),
+        };
+        cross_entropy(&x, &targets, head, 3, grad, dw, &mut LossScratch::default())
+    };
+    let mut dx = vec![f32::NAN; x.len()];
+    let mut dw = vec![0.25f32; wv.len()];
+    let nll = trainable(&wv, Some((&mut dx, scale)), Some(&mut dw));
+    let frozen =
+        Weight::from_entry(&TensorEntry::from_f32("lm_head", vec![vocab, h], &wv).unwrap());
+    let head = LmHead {
+        norm: &norm,
+        eps: 1e-5,
+        weight: HeadWeight::Frozen(&frozen),
+    };
+    let mut dx_frozen = vec![f32::NAN; x.len()];
+    let nll_frozen = cross_entropy(
+        &x,
+        &targets,
+        head,
+        3,
+        Some((&mut dx_frozen, scale)),
+        None,
+        &mut LossScratch::default(),
+    );
+    assert!((nll - nll_frozen).abs() <= 1e-6 * nll.abs());
+    assert_close(&dx, &dx_frozen, 1e-6, "dx trainable vs frozen head");
+    let dw: Vec<f32> = dw.iter().map(|v| v - 0.25).collect();
+    let numeric = numeric_grad(&wv, |w| scale as f64 * trainable(w, None, None));
+    check(&dw, &numeric, "trainable lm_head dW");
 }
 
 #[test]

@@ -1,7 +1,9 @@
 //! The CPU engine against PyTorch + PEFT (fixtures by scripts/make_train_fixtures.py) on the
 //! tiny HF models: llama (llama3 rope, bf16 weights read as f32, untied head) and qwen2 (q/k/v
 //! biases, tied head); LoRA r=4, alpha=8 on all seven projections with an imported random
-//! adapter (A and B non-zero).
+//! adapter (A and B non-zero); and the same with `modules_to_save`: a trained copy of `lm_head`
+//! on the tied qwen2 (the input embedding stays the frozen original, as in PEFT), and of
+//! `embed_tokens` on llama.
 //!
 //! Tolerances (both sides compute in f32; only summation orders differ):
 //! - loss: 1e-5 relative (observed ~1e-7);
@@ -18,7 +20,7 @@ mod train_common;
 
 use std::path::{Path, PathBuf};
 
-use hone_core::adapter::{lora_a_key, lora_b_key, LoraAdapter};
+use hone_core::adapter::{lora_a_key, lora_b_key, saved_module_key, LoraAdapter};
 use hone_core::engine::{AdamW, Engine, LoraSetup, MicroBatch, NamedTensor, TrainTarget};
 use hone_core::safetensors::SafetensorsFile;
 use hone_cpu::train::{CpuEngine, CpuTrainOptions};
@@ -39,12 +41,18 @@ struct Case {
 }
 
 fn load_case(model: &str, opts: CpuTrainOptions) -> Case {
-    let dir = fixture(model);
-    let spec = hone_core::hf::read_config(&dir).unwrap();
-    let weights = hone_core::hf::read_weights(&dir).unwrap();
     let fix = fixture(&format!("train/{model}"));
     let expected: Value =
         serde_json::from_str(&std::fs::read_to_string(fix.join("expected.json")).unwrap()).unwrap();
+    let dir = fixture(
+        expected["model"]
+            .as_str()
+            .unwrap()
+            .strip_prefix("tests/fixtures/")
+            .unwrap(),
+    );
+    let spec = hone_core::hf::read_config(&dir).unwrap();
+    let weights = hone_core::hf::read_weights(&dir).unwrap();
     let adapter = LoraAdapter::load_peft(fix.join("init-adapter")).unwrap();
     let targets: Vec<TrainTarget> = adapter
         .targets()
@@ -61,7 +69,13 @@ fn load_case(model: &str, opts: CpuTrainOptions) -> Case {
         scale: adapter.config.scale() as f32,
         dropout: 0.0,
         targets,
+        modules_to_save: adapter.config.resolve_modules_to_save(&spec).unwrap(),
     };
+    let saved: Vec<&str> = expected["modules_to_save"]
+        .as_array()
+        .map(|a| a.iter().map(|v| v.as_str().unwrap()).collect())
+        .unwrap_or_default();
+    assert_eq!(adapter.config.modules_to_save, saved);
     assert_eq!(setup.scale, 2.0);
     let adamw = AdamW {
         beta1: 0.9,
@@ -69,7 +83,7 @@ fn load_case(model: &str, opts: CpuTrainOptions) -> Case {
         eps: 1e-8,
         weight_decay: expected["weight_decay"].as_f64().unwrap() as f32,
     };
-    let init: Vec<NamedTensor> = setup
+    let mut init: Vec<NamedTensor> = setup
         .targets
         .iter()
         .flat_map(|t| {
@@ -92,6 +106,14 @@ fn load_case(model: &str, opts: CpuTrainOptions) -> Case {
             ]
         })
         .collect();
+    for m in &setup.modules_to_save {
+        let t = &adapter.tensors[&saved_module_key(&m.weight_name)];
+        init.push(NamedTensor {
+            name: m.weight_name.clone(),
+            shape: t.shape.clone(),
+            data: t.values.clone(),
+        });
+    }
     let mut engine = CpuEngine::new(&spec, &weights, setup, adamw, opts).unwrap();
     block_on(engine.set_params(&init)).unwrap();
     let batches = expected["micro_batches"]
@@ -121,11 +143,14 @@ fn rel(a: f64, b: f64) -> f64 {
     (a - b).abs() / b.abs().max(1e-30)
 }
 
-/// The module path of an engine tensor name and the PEFT key of the same tensor.
+/// The PEFT key of an engine tensor name.
 fn peft_key(name: &str) -> String {
-    match name.strip_suffix(".lora_A") {
-        Some(m) => lora_a_key(m),
-        None => lora_b_key(name.strip_suffix(".lora_B").unwrap()),
+    if let Some(m) = name.strip_suffix(".lora_A") {
+        lora_a_key(m)
+    } else if let Some(m) = name.strip_suffix(".lora_B") {
+        lora_b_key(m)
+    } else {
+        saved_module_key(name)
     }
 }
 
@@ -224,6 +249,10 @@ fn check_against_peft(model: &str, opts: CpuTrainOptions) {
             assert_eq!(grads.len(), grads_ref.tensors.len());
             let (name, err) = worst_rel_max_abs(&grads, &grads_ref);
             eprintln!("{model}: first-step gradients: worst {name} {err:.2e}");
+            for g in grads.iter().filter(|g| !g.name.contains(".lora_")) {
+                let (n, e) = worst_rel_max_abs(std::slice::from_ref(g), &grads_ref);
+                eprintln!("{model}: first-step gradient of {n}: {e:.2e}");
+            }
             assert!(
                 err <= 1e-4,
                 "{model}: gradient {name}: rel max-abs error {err:.2e}"
@@ -289,6 +318,21 @@ fn llama_lora_gradients_and_loss_curve_match_peft() {
 #[test]
 fn qwen2_lora_gradients_and_loss_curve_match_peft() {
     check_against_peft("hf-tiny-qwen2", CpuTrainOptions::default());
+}
+
+#[test]
+fn qwen2_tied_lm_head_in_modules_to_save_matches_peft() {
+    check_against_peft("hf-tiny-qwen2-lm_head", CpuTrainOptions::default());
+}
+
+#[test]
+fn llama_embed_tokens_in_modules_to_save_matches_peft() {
+    let opts = CpuTrainOptions {
+        gradient_checkpointing: true,
+        loss_chunk_rows: 5,
+        ..Default::default()
+    };
+    check_against_peft("hf-tiny-llama-embed_tokens", opts);
 }
 
 #[test]

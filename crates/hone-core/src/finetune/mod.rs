@@ -11,7 +11,10 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::adapter::{lora_a_key, lora_b_key, AdapterTensor, LoraAdapter, LoraConfig, LoraInit};
+use crate::adapter::{
+    lora_a_key, lora_b_key, saved_module_key, AdapterTensor, LoraAdapter, LoraConfig, LoraInit,
+    PEFT_PREFIX,
+};
 use crate::chat::{ChatMessage, ChatTemplate};
 use crate::checkpoint::{AdamWState, Checkpoint, ModelFingerprint};
 use crate::data::{
@@ -331,12 +334,6 @@ pub fn pad_id(model: &Model) -> u32 {
 
 /// The engine's LoRA setup for `lora` on `spec`.
 pub fn lora_setup(lora: &LoraConfig, spec: &ModelSpec) -> Result<LoraSetup> {
-    if !lora.modules_to_save.is_empty() {
-        return Err(Error::Invalid(format!(
-            "modules_to_save {:?}: training whole modules is not supported by the CPU engine yet; train LoRA only (leave modules_to_save out)",
-            lora.modules_to_save
-        )));
-    }
     Ok(LoraSetup {
         rank: lora.r,
         scale: lora.scale() as f32,
@@ -350,6 +347,7 @@ pub fn lora_setup(lora: &LoraConfig, spec: &ModelSpec) -> Result<LoraSetup> {
                 out_features: t.out_features,
             })
             .collect(),
+        modules_to_save: lora.resolve_modules_to_save(spec)?,
     })
 }
 
@@ -358,7 +356,16 @@ fn engine_name(module: &str, which: char) -> String {
     format!("{module}.lora_{which}")
 }
 
-/// The adapter's LoRA matrices as engine tensors.
+/// Whether an engine tensor name is a weight trained in full (`modules_to_save`).
+fn is_saved_weight(name: &str) -> bool {
+    SAVABLE_WEIGHTS.contains(&name)
+}
+
+/// HF weight names of the modules `modules_to_save` may name (`SAVABLE_MODULES`).
+const SAVABLE_WEIGHTS: [&str; 2] = ["lm_head.weight", "model.embed_tokens.weight"];
+
+/// The adapter's LoRA matrices, then its `modules_to_save` weights (in key order), as engine
+/// tensors.
 pub fn adapter_to_params(adapter: &LoraAdapter) -> Result<Vec<NamedTensor>> {
     let mut out = Vec::new();
     for t in adapter.targets() {
@@ -377,6 +384,15 @@ pub fn adapter_to_params(adapter: &LoraAdapter) -> Result<Vec<NamedTensor>> {
             });
         }
     }
+    for (key, tensor) in &adapter.tensors {
+        if let Some(name) = key.strip_prefix(PEFT_PREFIX).filter(|n| is_saved_weight(n)) {
+            out.push(NamedTensor {
+                name: name.to_string(),
+                shape: tensor.shape.clone(),
+                data: tensor.values.clone(),
+            });
+        }
+    }
     Ok(out)
 }
 
@@ -386,9 +402,11 @@ fn peft_key(name: &str) -> Result<String> {
         Ok(lora_a_key(m))
     } else if let Some(m) = name.strip_suffix(".lora_B") {
         Ok(lora_b_key(m))
+    } else if is_saved_weight(name) {
+        Ok(saved_module_key(name))
     } else {
         Err(Error::Invalid(format!(
-            "engine tensor '{name}' is not a LoRA matrix"
+            "engine tensor '{name}' is neither a LoRA matrix nor a modules_to_save weight"
         )))
     }
 }
@@ -573,11 +591,25 @@ mod tests {
 
     #[test]
     fn params_adapter_and_optimizer_round_trip() {
-        let spec = tiny_spec(crate::Architecture::Llama, false, 64);
+        for (tied, saved) in [
+            (false, vec![]),
+            (true, vec!["lm_head".to_string()]),
+            (
+                false,
+                vec!["embed_tokens".to_string(), "lm_head".to_string()],
+            ),
+        ] {
+            round_trip(tied, saved);
+        }
+    }
+
+    fn round_trip(tied: bool, modules_to_save: Vec<String>) {
+        let spec = tiny_spec(crate::Architecture::Llama, tied, 64);
         let weights = tiny_weights(&spec, crate::DType::F32, 1).unwrap();
         let cfg = FinetuneConfig {
             lora_r: 2,
             init_lora_weights: "gaussian".into(),
+            modules_to_save: modules_to_save.clone(),
             ..Default::default()
         };
         let lora = cfg.lora_config().unwrap();
@@ -586,7 +618,27 @@ mod tests {
         assert_eq!(params.len(), adapter.tensors.len());
         assert!(params[0].name.ends_with(".lora_A"));
         let setup = lora_setup(&lora, &spec).unwrap();
-        assert_eq!(2 * setup.targets.len(), params.len());
+        assert_eq!(
+            2 * setup.targets.len() + setup.modules_to_save.len(),
+            params.len()
+        );
+        assert_eq!(setup.modules_to_save.len(), modules_to_save.len());
+        for m in &setup.modules_to_save {
+            let p = params.iter().find(|p| p.name == m.weight_name).unwrap();
+            assert_eq!(p.shape, m.shape);
+            assert_eq!(
+                peft_key(&p.name).unwrap(),
+                format!("base_model.model.{}", m.weight_name)
+            );
+            // A fresh copy of the base weight (the embedding when lm_head is tied).
+            let src = if tied {
+                "model.embed_tokens.weight"
+            } else {
+                m.weight_name.as_str()
+            };
+            assert_eq!(p.data, weights.get(src).unwrap().to_f32());
+        }
+        assert!(peft_key("model.norm.weight").is_err());
         let back = params_to_adapter(&lora, params.clone(), None).unwrap();
         assert_eq!(back.tensors, adapter.tensors);
 

@@ -16,7 +16,7 @@ use super::linalg::matmul_backward;
 use super::lora::{
     lora_down_backward, lora_down_forward, lora_up_backward, lora_up_forward, LoraShape,
 };
-use super::loss::{cross_entropy, shifted_targets, LmHead, LossScratch};
+use super::loss::{cross_entropy, shifted_targets, HeadWeight, LmHead, LossScratch};
 use super::ops::{
     attention_backward, attention_forward, rmsnorm_backward, rmsnorm_forward, rmsnorm_recompute,
     rope_backward, rope_forward_batch, swiglu_backward, swiglu_forward_into, SeqAttention,
@@ -162,7 +162,16 @@ struct Slot {
     b: usize,
 }
 
-/// LoRA rank, scale, dropout and the adapted projections.
+/// A module trained in full (`modules_to_save`): its HF weight name and where its
+/// `[vocab, hidden]` copy lives in the flat buffers (after every LoRA matrix).
+#[derive(Debug)]
+struct SavedSlot {
+    weight_name: String,
+    shape: [usize; 2],
+    offset: usize,
+}
+
+/// LoRA rank, scale, dropout, the adapted projections and the modules trained in full.
 #[derive(Debug)]
 struct LoraLayout {
     rank: usize,
@@ -171,8 +180,18 @@ struct LoraLayout {
     slots: Vec<Slot>,
     /// `slot_of[layer][proj]`: index into `slots`.
     slot_of: Vec<[Option<usize>; 7]>,
+    saved: Vec<SavedSlot>,
+    /// Offsets of the trainable copies of the output head and of the input embedding. As in
+    /// PEFT, a copy replaces the module for its own use only: with tied embeddings a trained
+    /// `lm_head` leaves the input embedding frozen, and the reverse.
+    head_copy: Option<usize>,
+    embed_copy: Option<usize>,
     total: usize,
 }
+
+/// HF weight names of the modules that can be trained in full.
+const LM_HEAD: &str = "lm_head.weight";
+const EMBED: &str = "model.embed_tokens.weight";
 
 /// Sizes of one micro-batch through the model.
 #[derive(Debug, Clone, Copy)]
@@ -328,7 +347,9 @@ impl Acts {
     }
 }
 
-/// The LoRA training engine on the CPU (the numerical reference of hone). Dropout masks of
+/// The LoRA training engine on the CPU (the numerical reference of hone). Modules in
+/// `LoraSetup::modules_to_save` train in full as f32 copies (initialised from the base
+/// weights) next to the LoRA matrices, with the same AdamW and clipping. Dropout masks of
 /// micro-batch i after `set_dropout_seed(s)` depend only on (s, i, layer, projection, element);
 /// an optimizer step whose gradient norm is not finite is refused (an error) and drops the
 /// gradients, leaving parameters and moments as they were.
@@ -338,7 +359,8 @@ pub struct CpuEngine {
     lora: LoraLayout,
     opts: CpuTrainOptions,
     adamw: AdamW,
-    /// LoRA A/B values, then their gradients and AdamW moments, all in the same layout.
+    /// LoRA A/B values and the `modules_to_save` copies, then their gradients and AdamW
+    /// moments, all in the same layout.
     params: Vec<f32>,
     grads: Vec<f32>,
     exp_avg: Vec<f32>,
@@ -359,7 +381,8 @@ enum Mode {
 
 impl CpuEngine {
     /// An engine over `weights` (checked against `spec`) training `lora` with `adamw`. The LoRA
-    /// matrices start at zero: the caller sets their initial values with `set_params`.
+    /// matrices start at zero (the caller sets their initial values with `set_params`); the
+    /// `modules_to_save` copies start equal to the base weights.
     pub fn new(
         spec: &ModelSpec,
         weights: &WeightStore,
@@ -375,12 +398,21 @@ impl CpuEngine {
             return Err(Error::Invalid("loss_chunk_rows must be > 0".into()));
         }
         let total = layout.total;
+        let mut params = vec![0.0; total];
+        for s in &layout.saved {
+            let src = if s.weight_name == LM_HEAD {
+                &base.lm_head
+            } else {
+                &base.embed
+            };
+            src.rows_f32(0, &mut params[s.offset..s.offset + s.shape[0] * s.shape[1]]);
+        }
         Ok(CpuEngine {
             base,
             lora: layout,
             opts,
             adamw,
-            params: vec![0.0; total],
+            params,
             grads: vec![0.0; total],
             exp_avg: vec![0.0; total],
             exp_avg_sq: vec![0.0; total],
@@ -396,7 +428,7 @@ impl CpuEngine {
         &self.base.spec
     }
 
-    /// Number of trainable values (all LoRA A and B matrices).
+    /// Number of trainable values (all LoRA A and B matrices and `modules_to_save` copies).
     pub fn num_trainable(&self) -> usize {
         self.params.len()
     }
@@ -554,10 +586,18 @@ impl CpuEngine {
             d.seq,
         );
         let xs = &mut acts.xs[..(n_layers + 1) * n * h];
-        timed!(
-            sc.prof.other,
-            embedding_forward(&mut xs[..n * h], mb.ids, &base.embed)
-        );
+        timed!(sc.prof.other, {
+            let x0 = &mut xs[..n * h];
+            match lora.embed_copy {
+                Some(off) => {
+                    for (row, &tok) in x0.chunks_exact_mut(h).zip(mb.ids) {
+                        let t = off + tok as usize * h;
+                        row.copy_from_slice(&params[t..t + h]);
+                    }
+                }
+                None => embedding_forward(x0, mb.ids, &base.embed),
+            }
+        });
         for l in 0..n_layers {
             let (done, rest) = xs.split_at_mut((l + 1) * n * h);
             let la = &mut acts.layers[if keep_all { l } else { 0 }];
@@ -575,20 +615,26 @@ impl CpuEngine {
                 drop_seed,
             );
         }
+        let vocab = base.spec.vocab_size;
         let head = LmHead {
             norm: &base.final_norm,
             eps: base.eps,
-            weight: &base.lm_head,
+            weight: match lora.head_copy {
+                Some(off) => HeadWeight::Trainable(&params[off..off + vocab * h]),
+                None => HeadWeight::Frozen(&base.lm_head),
+            },
         };
         let x_final = &xs[n_layers * n * h..];
         let chunk = self.opts.loss_chunk_rows;
         let nll_sum = match mode {
             Mode::Eval => timed!(
                 sc.prof.loss,
-                cross_entropy(x_final, &targets, head, chunk, None, &mut sc.loss)
+                cross_entropy(x_final, &targets, head, chunk, None, None, &mut sc.loss)
             ),
             Mode::Train { grad_scale } => {
                 let dres = &mut sc.dres[..n * h];
+                let grads = &mut self.grads;
+                let dhead = lora.head_copy.map(|off| &mut grads[off..off + vocab * h]);
                 let nll = timed!(
                     sc.prof.loss,
                     cross_entropy(
@@ -597,10 +643,10 @@ impl CpuEngine {
                         head,
                         chunk,
                         Some((dres, grad_scale)),
+                        dhead,
                         &mut sc.loss,
                     )
                 );
-                let grads = &mut self.grads;
                 for l in (0..n_layers).rev() {
                     let la = &mut acts.layers[if keep_all { l } else { 0 }];
                     let (done, rest) = xs.split_at_mut((l + 1) * n * h);
@@ -614,7 +660,26 @@ impl CpuEngine {
                         sc.prof.recompute += start.secs();
                     }
                     layer_backward(base, lora, params, grads, l, &d, x_in, la, sc, drop_seed);
-                    // embedding_backward: the table is frozen and ids are not differentiable.
+                }
+                // Embedding backward: `sc.dres` now holds dL/dx0; a trainable copy of the table
+                // gets each row's gradient added to its token's row (the frozen table gets
+                // nothing, and ids are not differentiable). As HF builds the table with
+                // `nn.Embedding(padding_idx=pad_token_id)`, the pad token's row gets no
+                // gradient.
+                if let Some(off) = lora.embed_copy {
+                    let pad = base.spec.pad_token_id;
+                    timed!(sc.prof.other, {
+                        let dx0 = &sc.dres[..n * h];
+                        for (g, &tok) in dx0.chunks_exact(h).zip(mb.ids) {
+                            if Some(tok) == pad {
+                                continue;
+                            }
+                            let t = off + tok as usize * h;
+                            for (d, &v) in grads[t..t + h].iter_mut().zip(g) {
+                                *d += v;
+                            }
+                        }
+                    });
                 }
                 nll
             }
@@ -641,6 +706,13 @@ impl CpuEngine {
                 data: buf[s.b..s.b + s.out_f * r].to_vec(),
             });
         }
+        for s in &self.lora.saved {
+            out.push(NamedTensor {
+                name: s.weight_name.clone(),
+                shape: s.shape.to_vec(),
+                data: buf[s.offset..s.offset + s.shape[0] * s.shape[1]].to_vec(),
+            });
+        }
         out
     }
 
@@ -655,6 +727,7 @@ impl CpuEngine {
             offsets.push(s.a);
             offsets.push(s.b);
         }
+        offsets.extend(self.lora.saved.iter().map(|s| s.offset));
         for t in src {
             let Some(i) = want.iter().position(|w| w.name == t.name) else {
                 return Err(Error::Invalid(format!(
@@ -1356,12 +1429,50 @@ fn lora_layout(spec: &ModelSpec, lora: &LoraSetup) -> Result<LoraLayout> {
         });
         offset += r * (in_f + out_f);
     }
+    let mut saved: Vec<SavedSlot> = Vec::with_capacity(lora.modules_to_save.len());
+    let (mut head_copy, mut embed_copy) = (None, None);
+    let want = [spec.vocab_size, spec.hidden_size];
+    for m in &lora.modules_to_save {
+        let which = match m.weight_name.as_str() {
+            LM_HEAD => &mut head_copy,
+            EMBED => &mut embed_copy,
+            other => {
+                return Err(Error::Invalid(format!(
+                    "modules_to_save '{}': weight '{other}' cannot be trained in full (only \
+                     {LM_HEAD} and {EMBED})",
+                    m.module
+                )))
+            }
+        };
+        if which.is_some() {
+            return Err(Error::Invalid(format!(
+                "modules_to_save: '{}' is listed twice",
+                m.weight_name
+            )));
+        }
+        if m.shape != want {
+            return Err(Error::Invalid(format!(
+                "modules_to_save '{}': shape {:?}, the model has {want:?}",
+                m.weight_name, m.shape
+            )));
+        }
+        *which = Some(offset);
+        saved.push(SavedSlot {
+            weight_name: m.weight_name.clone(),
+            shape: want,
+            offset,
+        });
+        offset += want[0] * want[1];
+    }
     Ok(LoraLayout {
         rank: r,
         scale: lora.scale,
         dropout: lora.dropout,
         slots,
         slot_of,
+        saved,
+        head_copy,
+        embed_copy,
         total: offset,
     })
 }

@@ -5,7 +5,7 @@
 
 use hone_core::{Error, Result};
 
-use super::linalg::matmul_backward;
+use super::linalg::{gemm, matmul_backward, MatRef};
 use super::ops::{rmsnorm_backward, rmsnorm_forward};
 use super::par::for_each_chunk_pair;
 use super::vmath;
@@ -49,12 +49,81 @@ pub fn shifted_targets(
     Ok(targets)
 }
 
+/// The `[vocab, hidden]` output weight: frozen (any stored type), or a trainable f32 copy
+/// (`modules_to_save = ["lm_head"]`), row-major.
+#[derive(Debug, Clone, Copy)]
+pub enum HeadWeight<'a> {
+    Frozen(&'a Weight),
+    Trainable(&'a [f32]),
+}
+
 /// The model's head: final norm weight and epsilon, and the `[vocab, hidden]` output weight.
 #[derive(Debug, Clone, Copy)]
 pub struct LmHead<'a> {
     pub norm: &'a [f32],
     pub eps: f32,
-    pub weight: &'a Weight,
+    pub weight: HeadWeight<'a>,
+}
+
+impl LmHead<'_> {
+    /// `logits[r, vocab] = xn[r, hidden] @ W^T`.
+    fn logits(&self, logits: &mut [f32], xn: &[f32], r: usize) {
+        match self.weight {
+            HeadWeight::Frozen(w) => matmul_forward(logits, xn, w, None, r),
+            HeadWeight::Trainable(w) => {
+                let h = self.norm.len();
+                let vocab = w.len() / h;
+                gemm(
+                    logits,
+                    vocab,
+                    MatRef::new(xn, r, h),
+                    MatRef::new(w, vocab, h).t(),
+                    1.0,
+                    false,
+                    true,
+                );
+            }
+        }
+    }
+
+    /// `dxn[r, hidden] = dlogits[r, vocab] @ W`.
+    fn backward(&self, dxn: &mut [f32], dlogits: &[f32], r: usize) {
+        match self.weight {
+            HeadWeight::Frozen(w) => matmul_backward(dxn, dlogits, w, r, false),
+            HeadWeight::Trainable(w) => {
+                let h = self.norm.len();
+                let vocab = w.len() / h;
+                gemm(
+                    dxn,
+                    h,
+                    MatRef::new(dlogits, r, vocab),
+                    MatRef::new(w, vocab, h),
+                    1.0,
+                    false,
+                    true,
+                );
+            }
+        }
+    }
+
+    /// `[vocab, hidden]`, checked against the norm's width.
+    fn shape(&self) -> (usize, usize) {
+        let h = self.norm.len();
+        match self.weight {
+            HeadWeight::Frozen(w) => {
+                assert_eq!(w.cols, h, "{}: not [vocab, hidden]", w.name);
+                (w.rows, h)
+            }
+            HeadWeight::Trainable(w) => {
+                assert!(
+                    h > 0 && w.len().is_multiple_of(h),
+                    "lm_head copy: {} values are not [vocab, {h}]",
+                    w.len()
+                );
+                (w.len() / h, h)
+            }
+        }
+    }
 }
 
 /// Buffers of one chunk of rows, kept between calls (they grow only).
@@ -91,23 +160,24 @@ fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
 
 /// Summed NLL of `targets` (row of `x [rows, hidden]`, label) through `head`, `chunk_rows` rows
 /// at a time. With `grad = Some((dx, scale))`, also writes `dx [rows, hidden]` = the gradient of
-/// `scale * nll_sum` with respect to `x` (zero on rows without a target).
+/// `scale * nll_sum` with respect to `x` (zero on rows without a target), and, with `dhead`
+/// (`[vocab, hidden]`, for a trainable head), adds the gradient of `scale * nll_sum` with
+/// respect to the head's weight to it (`dlogits^T @ xn`, chunk by chunk).
 pub fn cross_entropy(
     x: &[f32],
     targets: &[(usize, u32)],
     head: LmHead<'_>,
     chunk_rows: usize,
     mut grad: Option<(&mut [f32], f32)>,
+    mut dhead: Option<&mut [f32]>,
     sc: &mut LossScratch,
 ) -> f64 {
-    let h = head.norm.len();
-    let vocab = head.weight.rows;
-    assert_eq!(
-        head.weight.cols, h,
-        "{}: not [vocab, hidden]",
-        head.weight.name
-    );
+    let (vocab, h) = head.shape();
     assert_eq!(x.len() % h, 0);
+    if let Some(dw) = dhead.as_deref() {
+        assert!(grad.is_some(), "a head gradient needs grad");
+        assert_eq!(dw.len(), vocab * h, "head gradient is not [vocab, hidden]");
+    }
     if let Some((dx, _)) = grad.as_mut() {
         assert_eq!(dx.len(), x.len());
         dx.fill(0.0);
@@ -123,7 +193,7 @@ pub fn cross_entropy(
         let rstd = grow(&mut sc.rstd, r);
         rmsnorm_forward(xn, rstd, xg, head.norm, head.eps);
         let logits = grow(&mut sc.logits, r * vocab);
-        matmul_forward(logits, xn, head.weight, None, r);
+        head.logits(logits, xn, r);
         if sc.nll.len() < r {
             sc.nll.resize(r, 0.0);
         }
@@ -146,7 +216,20 @@ pub fn cross_entropy(
         total += nll.iter().sum::<f64>();
         if let Some((dx, _)) = grad.as_mut() {
             let dxn = grow(&mut sc.dxn, r * h);
-            matmul_backward(dxn, logits, head.weight, r, false);
+            head.backward(dxn, logits, r);
+            if let Some(dw) = dhead.as_deref_mut() {
+                // dW[vocab, hidden] += dlogits[r, vocab]^T @ xn[r, hidden] (measured as fast as
+                // the logits product itself: the transposed view costs nothing here).
+                gemm(
+                    dw,
+                    h,
+                    MatRef::new(logits, r, vocab).t(),
+                    MatRef::new(xn, r, h),
+                    1.0,
+                    true,
+                    true,
+                );
+            }
             let dxg = grow(&mut sc.dx, r * h);
             dxg.fill(0.0);
             rmsnorm_backward(dxg, dxn, xg, rstd, head.norm);

@@ -58,6 +58,7 @@ pub fn all_targets(spec: &ModelSpec, rank: usize, scale: f32, dropout: f32) -> L
         scale,
         dropout,
         targets,
+        modules_to_save: Vec::new(),
     }
 }
 
