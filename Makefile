@@ -12,7 +12,7 @@ export RAYON_NUM_THREADS ?= 2
 HONE := $(CARGO_TARGET_DIR)/release/hone
 PYTHON ?= python3
 
-.PHONY: all setup models pyenv build test test-rust test-wasm demo bench fmt lint clean
+.PHONY: all setup models pyenv peft-venv build test test-rust test-wasm demo bench fmt lint clean
 
 all: build
 
@@ -56,8 +56,29 @@ demo: models build
 	@echo
 	bash scripts/demo.sh $(HONE) $(SMOLLM2_GGUF) demo-output
 
-bench: models build
-	bash scripts/bench.sh $(HONE) $(SMOLLM2_GGUF)
+# PyTorch + PEFT, which `make bench` measures next to hone on the same LoRA configs, and the
+# fp32 HF folder of SmolLM2-135M it trains (dequantized from the same GGUF). The venv is ~5 GB
+# (PyPI's torch brings its CUDA libraries); PEFT_PYTHON=/path/to/python uses an existing one.
+PEFT_VENV := $(HONE_CACHE)/peft-venv
+ifdef PEFT_PYTHON
+PEFT_READY := $(PEFT_PYTHON)
+else
+PEFT_PYTHON := $(PEFT_VENV)/bin/python
+PEFT_READY := $(PEFT_VENV)/.installed
+endif
+SMOLLM2_HF := $(MODELS)/smollm2-135m-hf
+peft-venv: $(PEFT_READY)
+$(PEFT_VENV)/.installed:
+	$(PYTHON) -m venv $(PEFT_VENV)
+	$(PEFT_VENV)/bin/pip install --quiet torch==2.15.0 transformers==5.23.0 peft==0.21.2 accelerate==1.15.0 gguf==0.19.0 safetensors==0.8.0
+	touch $@
+$(SMOLLM2_HF)/config.json: $(SMOLLM2_GGUF) | $(PEFT_READY)
+	rm -rf $(SMOLLM2_HF).part
+	$(PEFT_PYTHON) scripts/smollm2_gguf_to_hf.py $(SMOLLM2_GGUF) $(SMOLLM2_HF).part
+	rm -rf $(SMOLLM2_HF) && mv $(SMOLLM2_HF).part $(SMOLLM2_HF)
+
+bench: models build $(PEFT_READY) $(SMOLLM2_HF)/config.json
+	bash scripts/bench.sh $(HONE) $(SMOLLM2_GGUF) $(SMOLLM2_HF) $(PEFT_PYTHON)
 
 fmt:
 	cargo fmt --all

@@ -13,6 +13,7 @@ use hone_core::Model;
 use hone_cpu::{CpuModel, CpuModelOptions, CpuSession};
 
 mod args;
+mod bench_train;
 mod eval;
 mod finetune;
 
@@ -32,6 +33,8 @@ enum Command {
     Inspect(InspectArgs),
     /// Measure load time, prompt processing and decode speed; prints one JSON line.
     Bench(BenchArgs),
+    /// Measure LoRA training speed and peak memory (random tokens); prints one JSON line.
+    BenchTrain(bench_train::BenchTrainArgs),
     /// Fine-tune a LoRA adapter on a dataset (options as `olive finetune` / HF TrainingArguments).
     Finetune(Box<finetune::FinetuneArgs>),
     /// Evaluate a model (and adapter) on a dataset: loss, perplexity, accuracy, f1, bleu, rouge.
@@ -141,6 +144,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => cmd_generate(a),
         Command::Inspect(a) => cmd_inspect(a),
         Command::Bench(a) => cmd_bench(a),
+        Command::BenchTrain(a) => bench_train::cmd_bench_train(a),
         Command::Finetune(a) => finetune::cmd_finetune(*a),
         Command::Eval(a) => eval::cmd_eval(*a),
         Command::Logits(a) => cmd_logits(a),
