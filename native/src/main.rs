@@ -16,6 +16,7 @@ mod args;
 mod bench_train;
 mod eval;
 mod finetune;
+mod merge;
 
 /// hone: fine-tune and run small language models where the data lives.
 #[derive(Parser)]
@@ -42,6 +43,8 @@ enum Command {
     /// Write the logits of every position of a text (with or without an adapter) to a
     /// safetensors file, for comparisons with other runtimes.
     Logits(LogitsArgs),
+    /// Merge a LoRA adapter into the base weights and write an HF folder (safetensors).
+    Merge(merge::MergeArgs),
 }
 
 #[derive(Args)]
@@ -148,6 +151,7 @@ fn main() -> ExitCode {
         Command::Finetune(a) => finetune::cmd_finetune(*a),
         Command::Eval(a) => eval::cmd_eval(*a),
         Command::Logits(a) => cmd_logits(a),
+        Command::Merge(a) => merge::cmd_merge(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -725,3 +725,98 @@ fn chat_datasets_train_through_the_models_chat_template() {
     a.push(o3.to_str().unwrap());
     one_line_error(&hone(&a), &["plain.gguf", "no chat template"]);
 }
+
+/// Logits `[T, vocab]` written by `hone logits`.
+fn logits_of(model: &Path, adapter: Option<&Path>, prompt: &str, out: &Path) -> Vec<f32> {
+    let mut args = vec![
+        "logits",
+        "-m",
+        model.to_str().unwrap(),
+        "-p",
+        prompt,
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    if let Some(a) = adapter {
+        args.push("--adapter");
+        args.push(a.to_str().unwrap());
+    }
+    ok(&hone(&args));
+    let f = hone_core::safetensors::SafetensorsFile::open(out).unwrap();
+    f.get("logits").unwrap().to_f32()
+}
+
+#[test]
+fn merge_writes_a_folder_with_the_adapters_logits() {
+    let r = Run::new("merge");
+    ok(&hone(&r.args(&[
+        "--report_to",
+        "none",
+        "--max_steps",
+        "4",
+        "--modules_to_save",
+        "lm_head",
+    ])));
+    let dir = r.out.parent().unwrap().to_path_buf();
+    let adapter = r.out.join("adapter");
+    let merged = dir.join("merged");
+    let args = |extra: &[&str]| {
+        let mut a = vec![
+            "merge".to_string(),
+            "-m".into(),
+            r.model.display().to_string(),
+            "--adapter_path".into(),
+            adapter.display().to_string(),
+            "-o".into(),
+            merged.display().to_string(),
+        ];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let a = args(&[]);
+    ok(&hone(&a.iter().map(String::as_str).collect::<Vec<_>>()));
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        assert!(merged.join(f).exists(), "{f}");
+    }
+    let prompt = "green 7 =";
+    let with_adapter = logits_of(&r.model, Some(&adapter), prompt, &dir.join("a.st"));
+    let from_merged = logits_of(&merged, None, prompt, &dir.join("m.st"));
+    let base = logits_of(&r.model, None, prompt, &dir.join("b.st"));
+    let scale = with_adapter.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let diff = |x: &[f32], y: &[f32]| x.iter().zip(y).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        diff(&with_adapter, &from_merged) <= 1e-5 * scale,
+        "merged {} vs adapter (scale {scale})",
+        diff(&with_adapter, &from_merged)
+    );
+    assert!(
+        diff(&with_adapter, &base) > 1e-3 * scale,
+        "the adapter changes the logits"
+    );
+    // The saved head unties the tied tiny model.
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(merged.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["tie_word_embeddings"], false);
+    // An existing output is kept unless --overwrite.
+    let a = args(&[]);
+    one_line_error(
+        &hone(&a.iter().map(String::as_str).collect::<Vec<_>>()),
+        &["merged", "--overwrite"],
+    );
+    let a = args(&["--overwrite"]);
+    ok(&hone(&a.iter().map(String::as_str).collect::<Vec<_>>()));
+    // An adapter for another model is refused, naming the tensor.
+    let foreign =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/peft/tiny-llama-adapter");
+    let out = hone(&[
+        "merge",
+        "-m",
+        r.model.to_str().unwrap(),
+        "--adapter_path",
+        foreign.to_str().unwrap(),
+        "-o",
+        dir.join("m2").to_str().unwrap(),
+    ]);
+    one_line_error(&out, &["does not fit", "tensor"]);
+}

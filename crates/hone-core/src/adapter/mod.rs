@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod init;
+mod merge;
 mod peft;
 
 use std::collections::BTreeMap;
