@@ -20,7 +20,8 @@ pub struct MergeArgs {
     /// Output folder.
     #[arg(short = 'o', long = "output_path")]
     output_path: PathBuf,
-    /// safetensors (an HF folder with f32 weights).
+    /// safetensors (an HF folder) or gguf (one file; needs a GGUF base for its metadata).
+    /// Merged matrices are f32; the others keep their stored type.
     #[arg(long, default_value = "safetensors")]
     format: String,
     /// Replace an existing output folder.
@@ -29,25 +30,30 @@ pub struct MergeArgs {
 }
 
 pub fn cmd_merge(a: MergeArgs) -> Result<()> {
-    if a.format != "safetensors" {
-        bail!(
-            "--format {}: only safetensors (an HF folder) is written so far",
-            a.format
-        );
+    if a.format != "safetensors" && a.format != "gguf" {
+        bail!("--format {}: use safetensors or gguf", a.format);
     }
     let out: &Path = &a.output_path;
-    if out.exists()
-        && std::fs::read_dir(out)
+    let occupied = if out.is_dir() {
+        std::fs::read_dir(out)
             .map(|mut d| d.next().is_some())
             .unwrap_or(true)
-    {
+    } else {
+        out.exists()
+    };
+    if occupied {
         if !a.overwrite {
             bail!(
                 "{} exists and is not empty: choose another --output_path or pass --overwrite",
                 out.display()
             );
         }
-        std::fs::remove_dir_all(out).with_context(|| format!("removing {}", out.display()))?;
+        if out.is_dir() {
+            std::fs::remove_dir_all(out)
+        } else {
+            std::fs::remove_file(out)
+        }
+        .with_context(|| format!("removing {}", out.display()))?;
     }
     let model = hone_core::load_model(&a.model)?;
     let adapter = LoraAdapter::load_peft(&a.adapter_path)?;
@@ -60,6 +66,28 @@ pub fn cmd_merge(a: MergeArgs) -> Result<()> {
                 model.source.display()
             )
         })?;
+    if a.format == "gguf" {
+        if model.format != hone_core::model::SourceFormat::Gguf {
+            bail!(
+                "--format gguf needs a GGUF base model (its tokenizer and metadata are copied); {} is an HF folder: use --format safetensors",
+                model.source.display()
+            );
+        }
+        let gguf = hone_core::gguf::GgufFile::open(&model.source)?;
+        let meta: Vec<(String, hone_core::gguf::MetaValue)> = gguf
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        hone_core::fixtures::write_model_gguf(out, &spec, &weights, &meta)?;
+        eprintln!(
+            "[hone] merged {} LoRA pairs of {} into {}",
+            adapter.targets().len(),
+            a.adapter_path.display(),
+            out.display()
+        );
+        return Ok(());
+    }
     let tok = &model.tokenizer;
     let tokenizer_json = tok.to_json()?;
     let extras = FolderExtras {

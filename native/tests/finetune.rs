@@ -793,6 +793,22 @@ fn merge_writes_a_folder_with_the_adapters_logits() {
         diff(&with_adapter, &base) > 1e-3 * scale,
         "the adapter changes the logits"
     );
+    // The same merge as one GGUF file (copying the base's metadata and tokenizer).
+    let merged_gguf = dir.join("merged.gguf");
+    let a = [
+        "merge",
+        "-m",
+        r.model.to_str().unwrap(),
+        "--adapter_path",
+        adapter.to_str().unwrap(),
+        "-o",
+        merged_gguf.to_str().unwrap(),
+        "--format",
+        "gguf",
+    ];
+    ok(&hone(&a));
+    let from_gguf = logits_of(&merged_gguf, None, prompt, &dir.join("g.st"));
+    assert!(diff(&with_adapter, &from_gguf) <= 1e-5 * scale);
     // The saved head unties the tied tiny model.
     let cfg: Value =
         serde_json::from_str(&std::fs::read_to_string(merged.join("config.json")).unwrap())
