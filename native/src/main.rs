@@ -45,6 +45,8 @@ enum Command {
     Logits(LogitsArgs),
     /// Merge a LoRA adapter into the base weights and write an HF folder (safetensors).
     Merge(merge::MergeArgs),
+    /// Convert a PEFT adapter: gguf (llama.cpp LoRA) or peft.
+    ExportAdapter(merge::ExportAdapterArgs),
 }
 
 #[derive(Args)]
@@ -152,6 +154,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => eval::cmd_eval(*a),
         Command::Logits(a) => cmd_logits(a),
         Command::Merge(a) => merge::cmd_merge(a),
+        Command::ExportAdapter(a) => merge::cmd_export_adapter(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

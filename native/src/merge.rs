@@ -122,3 +122,63 @@ pub fn cmd_merge(a: MergeArgs) -> Result<()> {
     );
     Ok(())
 }
+
+/// Convert an adapter to another format.
+#[derive(Args)]
+pub struct ExportAdapterArgs {
+    /// The base model the adapter belongs to (GGUF or HF folder).
+    #[arg(short = 'm', long = "model_name_or_path", visible_alias = "model")]
+    model: PathBuf,
+    /// PEFT adapter folder.
+    #[arg(long = "adapter_path", visible_alias = "adapter")]
+    adapter_path: PathBuf,
+    /// gguf (llama.cpp LoRA, one file) or peft (a folder).
+    #[arg(long)]
+    format: String,
+    /// Output file (gguf) or folder (peft).
+    #[arg(short = 'o', long = "output_path")]
+    output_path: PathBuf,
+    /// Replace an existing output.
+    #[arg(long)]
+    overwrite: bool,
+}
+
+pub fn cmd_export_adapter(a: ExportAdapterArgs) -> Result<()> {
+    if a.output_path.exists() && !a.overwrite {
+        bail!(
+            "{} exists: choose another --output_path or pass --overwrite",
+            a.output_path.display()
+        );
+    }
+    let model = hone_core::load_model(&a.model)?;
+    let adapter = LoraAdapter::load_peft(&a.adapter_path)?;
+    let fits = |r: hone_core::Result<()>| {
+        r.with_context(|| {
+            format!(
+                "adapter {} does not fit model {}",
+                a.adapter_path.display(),
+                model.source.display()
+            )
+        })
+    };
+    match a.format.as_str() {
+        "gguf" => fits(adapter.save_gguf_lora(&a.output_path, &model.spec))?,
+        "peft" => {
+            fits(adapter.check_against(&model.spec))?;
+            let base = adapter
+                .base_model_name_or_path
+                .clone()
+                .unwrap_or_else(|| model.source.display().to_string());
+            adapter.save_peft(&a.output_path, &base)?
+        }
+        other => bail!("--format {other}: use gguf (llama.cpp LoRA) or peft"),
+    }
+    eprintln!(
+        "[hone] {} ({} LoRA pairs) -> {} ({})",
+        a.adapter_path.display(),
+        adapter.targets().len(),
+        a.output_path.display(),
+        a.format
+    );
+    Ok(())
+}

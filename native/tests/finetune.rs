@@ -822,6 +822,44 @@ fn merge_writes_a_folder_with_the_adapters_logits() {
     );
     let a = args(&["--overwrite"]);
     ok(&hone(&a.iter().map(String::as_str).collect::<Vec<_>>()));
+    // llama.cpp's LoRA GGUF holds LoRA pairs only: an adapter with a saved head is refused
+    // with a pointer to merging.
+    let lora_gguf = dir.join("lora.gguf");
+    let export = |adapter: &Path| {
+        hone(&[
+            "export-adapter",
+            "-m",
+            r.model.to_str().unwrap(),
+            "--adapter_path",
+            adapter.to_str().unwrap(),
+            "--format",
+            "gguf",
+            "-o",
+            lora_gguf.to_str().unwrap(),
+        ])
+    };
+    one_line_error(&export(&adapter), &["modules_to_save", "hone merge"]);
+    // A LoRA-only checkpoint exports: two tensors per adapted weight, named as llama.cpp wants.
+    let lora_only = dir.join("lora-only");
+    ok(&hone(&r.args(&[
+        "--report_to",
+        "none",
+        "--max_steps",
+        "1",
+        "-o",
+        lora_only.to_str().unwrap(),
+    ])));
+    ok(&export(&lora_only.join("adapter")));
+    let f = hone_core::gguf::GgufFile::open(&lora_gguf).unwrap();
+    assert_eq!(
+        f.tensors.len(),
+        2 * 7 * 2,
+        "2 layers x 7 projections x (a, b)"
+    );
+    assert!(f
+        .tensors
+        .iter()
+        .any(|t| t.name == "blk.1.ffn_gate.weight.lora_b"));
     // An adapter for another model is refused, naming the tensor.
     let foreign =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/peft/tiny-llama-adapter");

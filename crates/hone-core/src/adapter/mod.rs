@@ -4,6 +4,7 @@
 //! `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`, A `[r, in]`, B `[out, r]`).
 
 pub mod config;
+mod gguf_lora;
 pub mod init;
 mod merge;
 mod peft;

@@ -294,7 +294,7 @@ impl GgufFile {
     }
 
     /// The entry for `info`, named `name`.
-    fn entry(&self, info: &GgufTensorInfo, name: &str) -> Result<TensorEntry> {
+    pub(crate) fn entry(&self, info: &GgufTensorInfo, name: &str) -> Result<TensorEntry> {
         let dtype = info.dtype().ok_or_else(|| Error::UnsupportedTensorType {
             path: self.path.clone(),
             tensor: info.name.clone(),
