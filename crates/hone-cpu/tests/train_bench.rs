@@ -12,19 +12,8 @@
 //! and everything else used: the machine is shared, and a run where others took a core is not
 //! a measurement.
 //!
-//! Measured 2026-11-25 on the 2-core AVX2 (no AVX-512) AMD EPYC VM, interleaved with
-//! `shared/anchors/peft_cpu_bench.py` (PyTorch 2.15 + PEFT, fp32, 2 threads) on the same
-//! machine, uncontended runs only (tok/s, peak RSS):
-//!
-//! | config                 | PyTorch + PEFT     | hone f32 weights       | hone Q4_1 weights     |
-//! |------------------------|--------------------|------------------------|-----------------------|
-//! | 4 x 256                | 125-144, 4.1 GiB   | 143-185, 1.35 GiB      | 176-179, 0.95 GiB     |
-//! | 4 x 256, checkpointing | 101.5, 2.8 GiB     | 111-126, 0.78 GiB      | 115, 0.37 GiB         |
-//! | 1 x 128                | 94.0, 1.7 GiB      | 139-161, 0.66 GiB      | 132-136, 0.26 GiB     |
-//!
-//! (peft_cpu_results.txt's 273.5 tok/s was measured on an AVX-512 machine.) Where the time goes
-//! (4 x 256, f32): frozen matmuls ~63% (gemm at ~110-130 GFLOP/s on 2 cores), the vocabulary
-//! head + cross-entropy ~17%, attention ~9%, LoRA ~6%, the rest ~5%.
+//! The measured figures on the real model, next to PyTorch + PEFT, come from `make bench`
+//! (`hone bench-train`, scripts/bench.sh) and are kept in BENCHMARKS.md.
 
 mod common;
 mod train_common;
