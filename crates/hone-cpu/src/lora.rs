@@ -134,32 +134,7 @@ fn with_scratch(len: usize, f: impl FnOnce(&mut [f32])) {
 /// single-threaded.
 fn gemm_nt(dst: &mut [f32], x: &[f32], w: &[f32], m: usize, n: usize, k: usize) {
     assert!(dst.len() == m * n && x.len() == m * k && w.len() == n * k);
-    // SAFETY: dst (m x n, row stride n), x (m x k, row stride k) and w^T (element (kk, j) at
-    // j * k + kk) lie within the slices (asserted); dst is an exclusive borrow, so it does not
-    // alias x or w.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            x.as_ptr(),
-            1,
-            k as isize,
-            w.as_ptr(),
-            k as isize,
-            1,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
+    crate::matmul::gemm_f32(dst, n, x, w, m, n, k, false);
 }
 
 /// `dst[i, j] += scale * sum_q u[i, q] * w[q, j]` for `dst` `[m, n]`, `u` `[m, r]`, `w`

@@ -188,7 +188,7 @@ pub fn add_bias_forward(out: &mut [f32], bias: &[f32], m: usize) {
 
 /// `dst[i, j] = sum_k x[i, k] * w[j, k]` for i < m, j < n, with `dst` rows `dst_stride` apart.
 #[allow(clippy::too_many_arguments)]
-fn gemm_f32(
+pub(crate) fn gemm_f32(
     dst: &mut [f32],
     dst_stride: usize,
     x: &[f32],

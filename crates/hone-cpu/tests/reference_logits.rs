@@ -6,6 +6,8 @@
 //! of f32 sums (gemm blocking vs MKL, attention and norm reductions), which over 30 layers
 //! leaves ~1e-5 relative. 1e-4 is the bound (the aim); what each case reached is printed.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use hone_core::fixtures::{fnv1a64, tiny_suite, write_model_hf, write_tiny_suite};
@@ -19,21 +21,6 @@ fn fixture(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/fixtures")
         .join(rel)
-}
-
-fn smollm2_path() -> PathBuf {
-    let p = std::env::var("HONE_SMOLLM2_GGUF")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../../.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-    assert!(
-        p.exists(),
-        "{} not found: run `make models` (or set HONE_SMOLLM2_GGUF)",
-        p.display()
-    );
-    p
 }
 
 fn temp_dir(tag: &str) -> PathBuf {
@@ -64,7 +51,7 @@ fn rel_err(got: &[f32], want: &[f32]) -> f32 {
 
 #[test]
 fn smollm2_logits_match_transformers() {
-    let model = load_model(&smollm2_path()).unwrap();
+    let model = load_model(&common::smollm2_path()).unwrap();
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture("logits/smollm2.json")).unwrap())
             .unwrap();

@@ -39,21 +39,6 @@ fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/train/smollm2-layer0")
 }
 
-fn smollm2_path() -> PathBuf {
-    let p = std::env::var("HONE_SMOLLM2_GGUF")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../../.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-    assert!(
-        p.exists(),
-        "{} not found: run `make models` (or set HONE_SMOLLM2_GGUF)",
-        p.display()
-    );
-    p
-}
-
 struct Fixture {
     json: Value,
     ids: Vec<u32>,
@@ -182,7 +167,7 @@ fn peft_key(name: &str) -> String {
 
 fn check_against_peft(opts: CpuTrainOptions) {
     let start = std::time::Instant::now();
-    let path = smollm2_path();
+    let path = common::smollm2_path();
     let fx = load_fixture(&path);
     let model = load_model(&path).unwrap();
     let setup = lora_setup(&model, &fx);
@@ -297,7 +282,7 @@ fn smollm2_gradients_match_peft_with_gradient_checkpointing() {
 /// right-padded with eos, padding unlabelled).
 #[test]
 fn smollm2_fixture_batch_is_what_hone_tokenizes() {
-    let path = smollm2_path();
+    let path = common::smollm2_path();
     let fx = load_fixture(&path);
     let model = load_model(&path).unwrap();
     let eos = fx.json["eos_id"].as_u64().unwrap() as u32;

@@ -137,3 +137,20 @@ pub fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
         worst.1,
     );
 }
+
+/// The real SmolLM2-135M-Instruct Q4_1 GGUF: `$HONE_SMOLLM2_GGUF` (set by the Makefile) or the
+/// repository's `.cache/models/`; missing is a failure, not a skip.
+pub fn smollm2_path() -> std::path::PathBuf {
+    let p = std::env::var("HONE_SMOLLM2_GGUF")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+    assert!(
+        p.exists(),
+        "{} not found: run `make models` (or set HONE_SMOLLM2_GGUF)",
+        p.display()
+    );
+    p
+}
