@@ -65,6 +65,11 @@ pub enum Error {
     /// An invalid argument from the caller (bad option value, empty prompt, ...).
     #[error("{0}")]
     Invalid(String),
+
+    /// The GPU engine failed: no adapter, a model or batch beyond the adapter's limits, a
+    /// shader or validation error, or the device was lost.
+    #[error("gpu: {0}")]
+    Gpu(String),
 }
 
 /// Result alias for hone-core.

@@ -1,0 +1,314 @@
+//! The GPU context: one wgpu adapter + device + queue, the limits that were granted, the
+//! compiled kernels, and the fault state (validation errors and device loss are recorded, never
+//! panicked on, and turned into `Error::Gpu` at the next synchronisation point).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use hone_core::{Error, Result};
+
+/// Which adapters `Gpu::new` may pick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdapterChoice {
+    /// A real (integrated or discrete) GPU only: no software rasterizer.
+    Hardware,
+    /// Any adapter, software ones (lavapipe, llvmpipe, SwiftShader) included.
+    Any,
+}
+
+/// Options for opening the GPU.
+#[derive(Debug, Clone)]
+pub struct GpuOptions {
+    pub adapter: AdapterChoice,
+    /// Backends to try; `None` = wgpu's defaults, overridable with `WGPU_BACKEND`.
+    pub backends: Option<wgpu::Backends>,
+    /// Ask for `shader-f16` when the adapter has it.
+    pub want_f16: bool,
+}
+
+impl Default for GpuOptions {
+    fn default() -> Self {
+        GpuOptions {
+            adapter: AdapterChoice::Any,
+            backends: None,
+            want_f16: true,
+        }
+    }
+}
+
+/// A compiled compute kernel: its pipeline and the layout of its bind group 0.
+#[derive(Debug)]
+pub struct Kernel {
+    pub(crate) name: &'static str,
+    pub(crate) pipeline: wgpu::ComputePipeline,
+    pub(crate) layout: wgpu::BindGroupLayout,
+}
+
+/// Faults reported asynchronously by wgpu.
+#[derive(Debug, Default)]
+pub(crate) struct Faults {
+    pub(crate) error: Option<String>,
+    pub(crate) lost: Option<String>,
+}
+
+/// One GPU device ready for compute.
+pub struct Gpu {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    limits: wgpu::Limits,
+    features: wgpu::Features,
+    kernels: Mutex<HashMap<(&'static str, String), Arc<Kernel>>>,
+    pub(crate) faults: Arc<Mutex<Faults>>,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gpu").field("adapter", &self.describe()).finish()
+    }
+}
+
+/// Whether an adapter is a CPU emulation (lavapipe, llvmpipe, SwiftShader, WARP).
+pub fn is_software(info: &wgpu::AdapterInfo) -> bool {
+    info.device_type == wgpu::DeviceType::Cpu
+        || ["llvmpipe", "lavapipe", "swiftshader", "warp"]
+            .iter()
+            .any(|s| info.name.to_lowercase().contains(s))
+}
+
+fn backends_from_env() -> Option<wgpu::Backends> {
+    let v = std::env::var("WGPU_BACKEND").ok()?;
+    Some(wgpu::Backends::from_comma_list(&v))
+}
+
+impl Gpu {
+    /// Open the best adapter allowed by `opts` (a discrete GPU before an integrated one before
+    /// a software one). Errors say what was found and why nothing was usable.
+    pub async fn new(opts: &GpuOptions) -> Result<Gpu> {
+        let backends = opts
+            .backends
+            .or_else(backends_from_env)
+            .unwrap_or(wgpu::Backends::PRIMARY | wgpu::Backends::GL);
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+        desc.backends = backends;
+        let instance = wgpu::Instance::new(desc);
+        let adapter = pick_adapter(&instance, backends, opts.adapter).await?;
+        let info = adapter.get_info();
+        let have = adapter.features();
+        let mut features = wgpu::Features::empty();
+        if opts.want_f16 && have.contains(wgpu::Features::SHADER_F16) {
+            features |= wgpu::Features::SHADER_F16;
+        }
+        if have.contains(wgpu::Features::TIMESTAMP_QUERY) {
+            features |= wgpu::Features::TIMESTAMP_QUERY;
+        }
+        // Ask for everything the adapter offers for buffers and bindings: the buffer plan is
+        // checked against these numbers.
+        let al = adapter.limits();
+        let mut limits = wgpu::Limits::downlevel_defaults();
+        limits.max_storage_buffer_binding_size = al.max_storage_buffer_binding_size;
+        limits.max_buffer_size = al.max_buffer_size;
+        limits.max_storage_buffers_per_shader_stage = al.max_storage_buffers_per_shader_stage;
+        limits.max_compute_workgroup_storage_size = al.max_compute_workgroup_storage_size;
+        limits.max_compute_invocations_per_workgroup = al.max_compute_invocations_per_workgroup;
+        limits.max_compute_workgroup_size_x = al.max_compute_workgroup_size_x;
+        limits.max_compute_workgroup_size_y = al.max_compute_workgroup_size_y;
+        limits.max_compute_workgroups_per_dimension = al.max_compute_workgroups_per_dimension;
+        limits.max_bind_groups = al.max_bind_groups.min(4);
+        let mut dd = wgpu::DeviceDescriptor::default();
+        dd.label = Some("hone");
+        dd.required_features = features;
+        dd.required_limits = limits.clone();
+        let (device, queue) = adapter
+            .request_device(&dd)
+            .await
+            .map_err(|e| Error::Gpu(format!("{}: cannot open the device: {e}", info.name)))?;
+        let faults = Arc::new(Mutex::new(Faults::default()));
+        let f = faults.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let mut g = f.lock().unwrap_or_else(|p| p.into_inner());
+            if g.error.is_none() {
+                g.error = Some(e.to_string());
+            }
+        }));
+        let f = faults.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            let mut g = f.lock().unwrap_or_else(|p| p.into_inner());
+            g.lost = Some(format!("{reason:?}: {msg}"));
+        });
+        Ok(Gpu {
+            device,
+            queue,
+            info,
+            limits,
+            features,
+            kernels: Mutex::new(HashMap::new()),
+            faults,
+        })
+    }
+
+    /// Blocking `new`, for native callers.
+    pub fn new_blocking(opts: &GpuOptions) -> Result<Gpu> {
+        pollster::block_on(Gpu::new(opts))
+    }
+
+    /// "NVIDIA H100 (Vulkan, discrete)".
+    pub fn describe(&self) -> String {
+        let kind = match self.info.device_type {
+            wgpu::DeviceType::DiscreteGpu => "discrete",
+            wgpu::DeviceType::IntegratedGpu => "integrated",
+            wgpu::DeviceType::VirtualGpu => "virtual",
+            wgpu::DeviceType::Cpu => "software",
+            wgpu::DeviceType::Other => "other",
+        };
+        format!("{} ({:?}, {kind})", self.info.name, self.info.backend)
+    }
+
+    pub fn info(&self) -> &wgpu::AdapterInfo {
+        &self.info
+    }
+
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+
+    /// Whether the device was opened with `shader-f16`.
+    pub fn has_f16(&self) -> bool {
+        self.features.contains(wgpu::Features::SHADER_F16)
+    }
+
+    /// Whether the adapter is a CPU emulation.
+    pub fn is_software(&self) -> bool {
+        is_software(&self.info)
+    }
+
+    /// The largest storage binding, in bytes.
+    pub fn max_binding(&self) -> u64 {
+        self.limits.max_storage_buffer_binding_size as u64
+    }
+
+    /// The kernel `entry` of WGSL `source`, compiled once per (name, specialisation). `name`
+    /// is used in error messages; `defs` are prepended `const` lines (workgroup sizes, flags),
+    /// which also key the cache.
+    pub fn kernel(&self, name: &'static str, source: &str, defs: &str) -> Result<Arc<Kernel>> {
+        let key = (name, defs.to_string());
+        if let Some(k) = self.kernels.lock().unwrap().get(&key) {
+            return Ok(k.clone());
+        }
+        let code = format!("{defs}\n{source}");
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(name),
+                source: wgpu::ShaderSource::Wgsl(code.into()),
+            });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(name),
+                layout: None,
+                module: &module,
+                entry_point: Some("main"),
+                compilation_options: Default::default(),
+                cache: None,
+            });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Gpu(format!("kernel {name}: {e}")));
+        }
+        let layout = pipeline.get_bind_group_layout(0);
+        let k = Arc::new(Kernel {
+            name,
+            pipeline,
+            layout,
+        });
+        self.kernels.lock().unwrap().insert(key, k.clone());
+        Ok(k)
+    }
+
+    /// The first recorded fault (validation error or device loss), if any.
+    pub fn check(&self) -> Result<()> {
+        let g = self.faults.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = &g.lost {
+            return Err(Error::Gpu(format!("the GPU device was lost ({l})")));
+        }
+        if let Some(e) = &g.error {
+            return Err(Error::Gpu(e.clone()));
+        }
+        Ok(())
+    }
+
+    /// Test seam: behave as if the device had been lost.
+    #[doc(hidden)]
+    pub fn simulate_device_lost(&self) {
+        self.faults.lock().unwrap().lost = Some("simulated".into());
+    }
+}
+
+async fn pick_adapter(
+    instance: &wgpu::Instance,
+    backends: wgpu::Backends,
+    choice: AdapterChoice,
+) -> Result<wgpu::Adapter> {
+    let adapters = instance.enumerate_adapters(backends).await;
+    let rank = |a: &wgpu::Adapter| {
+        let i = a.get_info();
+        let t = match i.device_type {
+            wgpu::DeviceType::DiscreteGpu => 0,
+            wgpu::DeviceType::IntegratedGpu => 1,
+            wgpu::DeviceType::VirtualGpu => 2,
+            wgpu::DeviceType::Other => 3,
+            wgpu::DeviceType::Cpu => 4,
+        };
+        let t = if is_software(&i) { 4 } else { t };
+        // Vulkan/Metal/DX12 before GL for the same kind of device.
+        let b = if i.backend == wgpu::Backend::Gl { 1 } else { 0 };
+        (t, b)
+    };
+    let found: Vec<String> = adapters
+        .iter()
+        .map(|a| {
+            let i = a.get_info();
+            format!("{} ({:?})", i.name, i.backend)
+        })
+        .collect();
+    let mut usable: Vec<wgpu::Adapter> = adapters
+        .into_iter()
+        .filter(|a| choice == AdapterChoice::Any || !is_software(&a.get_info()))
+        .filter(|a| {
+            a.get_downlevel_capabilities()
+                .flags
+                .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
+        })
+        .collect();
+    usable.sort_by_key(rank);
+    if let Some(a) = usable.into_iter().next() {
+        return Ok(a);
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        // enumerate_adapters is empty on WebGPU: ask for one.
+        let _ = found;
+        return instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                force_fallback_adapter: false,
+                compatible_surface: None,
+            })
+            .await
+            .map_err(|e| Error::Gpu(format!("no WebGPU adapter: {e}")));
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let what = if choice == AdapterChoice::Hardware {
+            "no hardware GPU adapter with compute shaders"
+        } else {
+            "no GPU adapter with compute shaders"
+        };
+        Err(Error::Gpu(if found.is_empty() {
+            format!("{what}: wgpu found no adapter at all (on Linux, install a Vulkan driver: mesa-vulkan-drivers gives lavapipe)")
+        } else {
+            format!("{what}; found: {}", found.join(", "))
+        }))
+    }
+}
