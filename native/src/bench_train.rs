@@ -11,7 +11,9 @@ use clap::Args;
 use hone_core::adapter::{LoraAdapter, LoraConfig};
 use hone_core::engine::{AdamW, Engine, MicroBatch};
 use hone_core::finetune::{adapter_to_params, lora_setup};
-use hone_cpu::train::{CpuEngine, CpuTrainOptions};
+use hone_cpu::train::CpuTrainOptions;
+
+use crate::engine::{open_engine, AnyEngine, EngineRequest};
 
 use crate::block_on;
 
@@ -50,6 +52,9 @@ pub struct BenchTrainArgs {
     /// Seed of the token ids and of the LoRA initialisation.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// cpu, gpu (any wgpu adapter, software ones included) or auto.
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 pub fn cmd_bench_train(a: BenchTrainArgs) -> Result<()> {
@@ -79,16 +84,21 @@ pub fn cmd_bench_train(a: BenchTrainArgs) -> Result<()> {
         weight_decay: 0.01,
         ..Default::default()
     };
-    let mut engine = CpuEngine::new(
+    let mut engine = open_engine(
+        EngineRequest {
+            device: &a.device,
+            cpu: CpuTrainOptions {
+                gradient_checkpointing: a.gradient_checkpointing,
+                dequantize_at_load: a.dequantize_at_load,
+                ..Default::default()
+            },
+            plan: Some((a.batch, a.seq)),
+        },
         spec,
         &model.weights,
         setup,
         adamw,
-        CpuTrainOptions {
-            gradient_checkpointing: a.gradient_checkpointing,
-            dequantize_at_load: a.dequantize_at_load,
-            ..Default::default()
-        },
+        &|s: &str| eprintln!("{s}"),
     )?;
     let adapter = LoraAdapter::init(&lora, spec, a.seed, None)?;
     block_on(engine.set_params(&adapter_to_params(&adapter)?))?;
@@ -108,7 +118,7 @@ pub fn cmd_bench_train(a: BenchTrainArgs) -> Result<()> {
     };
     // HF's loss is the mean over the shifted labels: the same gradient scale.
     let grad_scale = 1.0 / (a.batch * (a.seq - 1)).max(1) as f32;
-    let step = |engine: &mut CpuEngine| -> Result<f64> {
+    let step = |engine: &mut AnyEngine| -> Result<f64> {
         let loss = block_on(engine.forward_backward(&mb, grad_scale))?;
         block_on(engine.optimizer_step(2e-4, None))?;
         Ok(loss.mean())
@@ -117,7 +127,9 @@ pub fn cmd_bench_train(a: BenchTrainArgs) -> Result<()> {
     for _ in 0..a.warmup {
         step(&mut engine)?;
     }
-    engine.reset_profile();
+    if let AnyEngine::Cpu(e) = &mut engine {
+        e.reset_profile();
+    }
     let mut times = Vec::with_capacity(a.steps);
     let mut losses = Vec::with_capacity(a.steps);
     let snap = CpuSnapshot::now();
@@ -132,7 +144,10 @@ pub fn cmd_bench_train(a: BenchTrainArgs) -> Result<()> {
 
     let tokens = (a.batch * a.seq) as f64;
     let steps = a.steps as f64;
-    let prof = engine.profile();
+    let prof = match &engine {
+        AnyEngine::Cpu(e) => e.profile(),
+        AnyEngine::Gpu(_) => Default::default(),
+    };
     let prof_total = prof.total();
     let profile: serde_json::Map<String, serde_json::Value> = prof
         .parts()
@@ -160,7 +175,15 @@ pub fn cmd_bench_train(a: BenchTrainArgs) -> Result<()> {
         "s_step_min": round(min, 3),
         "s_step_max": round(max, 3),
         "peak_rss_mib": (status_kib("VmHWM:") as f64 / 1024.0).round(),
-        "activation_mib": round(engine.activation_bytes() as f64 / (1 << 20) as f64, 1),
+        "device": engine.describe(),
+        "activation_mib": match &engine {
+            AnyEngine::Cpu(e) => round(e.activation_bytes() as f64 / (1 << 20) as f64, 1),
+            AnyEngine::Gpu(e) => round(e.planned_bytes().activations as f64 / (1 << 20) as f64, 1),
+        },
+        "gpu_planned_mib": match &engine {
+            AnyEngine::Cpu(_) => serde_json::Value::Null,
+            AnyEngine::Gpu(e) => round(e.planned_bytes().total() as f64 / (1 << 20) as f64, 1).into(),
+        },
         "cpu_self": round(cpu_self, 2),
         "cpu_other": round(cpu_other, 2),
         "loss_first": round(losses[0], 4),

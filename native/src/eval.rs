@@ -14,12 +14,12 @@ use hone_core::generate::{generate, GenerateOptions};
 use hone_core::metrics;
 use hone_core::sampling::SamplingParams;
 use hone_core::Model;
-use hone_cpu::train::{CpuEngine, CpuTrainOptions};
 use hone_cpu::{CpuModel, CpuModelOptions, CpuSession};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use crate::block_on;
+use crate::engine::{open_engine, EngineRequest};
 
 const ALL_METRICS: [&str; 6] = ["loss", "perplexity", "accuracy", "f1", "bleu", "rouge"];
 
@@ -72,6 +72,10 @@ pub struct EvalArgs {
     #[arg(short, long)]
     #[serde(skip)]
     pub quiet: bool,
+    /// Engine of the loss: cpu, gpu or auto (generation metrics run on the CPU).
+    #[arg(long, default_value = "cpu")]
+    #[serde(skip)]
+    pub device: String,
 }
 
 /// Keys of a finetune config that matter here; the rest of a training config is ignored.
@@ -142,6 +146,7 @@ fn split_loss(
     adapter: Option<&LoraAdapter>,
     data: &SplitData,
     batch_size: usize,
+    device: &str,
 ) -> Result<(f64, usize)> {
     let (config, params) = match adapter {
         Some(a) => (a.config.clone(), adapter_to_params(a)?),
@@ -155,12 +160,16 @@ fn split_loss(
             (c, adapter_to_params(&zero)?)
         }
     };
-    let mut engine = CpuEngine::new(
+    let mut engine = open_engine(
+        EngineRequest {
+            device,
+            ..Default::default()
+        },
         &model.spec,
         &model.weights,
         lora_setup(&config, &model.spec)?,
         Default::default(),
-        CpuTrainOptions::default(),
+        &|s: &str| eprintln!("{s}"),
     )?;
     block_on(engine.set_params(&params))?;
     let mut nll = 0.0;
@@ -234,6 +243,7 @@ pub fn cmd_eval(args: EvalArgs) -> Result<()> {
             adapter.as_ref(),
             &data,
             cfg.per_device_eval_batch_size,
+            &args.device,
         )?;
         if tokens == 0 {
             bail!("no label tokens to compute a loss on");

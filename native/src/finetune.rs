@@ -23,7 +23,9 @@ use hone_core::schedule::LrSchedule;
 use hone_core::tensorboard::{EventWriter, MetricsJsonl, MetricsSink};
 use hone_core::trainer::{StopCause, TrainEvent, Trainer, TrainerHooks, TrainerState};
 use hone_core::{adapter::LoraAdapter, Model};
-use hone_cpu::train::{CpuEngine, CpuTrainOptions};
+use hone_cpu::train::CpuTrainOptions;
+
+use crate::engine::{check_device, open_engine, AnyEngine, EngineRequest};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
@@ -362,7 +364,7 @@ impl CliHooks<'_> {
     }
 }
 
-impl TrainerHooks<CpuEngine> for CliHooks<'_> {
+impl TrainerHooks<AnyEngine> for CliHooks<'_> {
     fn lr(&self, step: u64) -> f32 {
         self.schedule.lr_at(step) as f32
     }
@@ -441,7 +443,7 @@ impl TrainerHooks<CpuEngine> for CliHooks<'_> {
 
     async fn save_checkpoint(
         &mut self,
-        engine: &CpuEngine,
+        engine: &AnyEngine,
         state: &TrainerState,
     ) -> hone_core::Result<()> {
         let params = engine.params().await?;
@@ -477,21 +479,15 @@ impl TrainerHooks<CpuEngine> for CliHooks<'_> {
     }
 }
 
-/// Refuse what the CPU engine cannot do, before loading anything.
+/// Refuse what the engines cannot do, before loading anything.
 fn check_engine_options(cfg: &FinetuneConfig) -> Result<()> {
     if cfg.bf16 || cfg.fp16 {
         bail!(
-            "--{} is not supported on the CPU engine: it trains in float32 (drop the flag; mixed precision comes with the GPU engine)",
+            "--{} is not supported yet: both engines train in float32 (drop the flag)",
             if cfg.bf16 { "bf16" } else { "fp16" }
         );
     }
-    match cfg.device.as_str() {
-        "cpu" | "auto" => Ok(()),
-        "gpu" => bail!(
-            "--device gpu: the GPU engine is not available in this build yet; use --device cpu"
-        ),
-        other => bail!("invalid device '{other}': use cpu (or auto)"),
-    }
+    check_device(&cfg.device)
 }
 
 /// Make the output folder, check that it is writable, and refuse to mix two runs.
@@ -632,16 +628,33 @@ pub fn cmd_finetune(args: FinetuneArgs) -> Result<()> {
     let schedule = cfg.schedule(total)?;
 
     // Engine and adapter.
-    let mut engine = CpuEngine::new(
+    let max_seq = train
+        .tokenized
+        .items
+        .iter()
+        .chain(eval.iter().flat_map(|e| e.tokenized.items.iter()))
+        .map(|t| t.ids.len())
+        .max()
+        .unwrap_or(1);
+    let mut engine = open_engine(
+        EngineRequest {
+            device: &cfg.device,
+            cpu: CpuTrainOptions {
+                gradient_checkpointing: cfg.gradient_checkpointing,
+                dequantize_at_load: cfg.dequantize_at_load,
+                ..Default::default()
+            },
+            plan: Some((
+                cfg.per_device_train_batch_size
+                    .max(cfg.per_device_eval_batch_size),
+                max_seq,
+            )),
+        },
         &model.spec,
         &model.weights,
         setup,
         cfg.adamw(),
-        CpuTrainOptions {
-            gradient_checkpointing: cfg.gradient_checkpointing,
-            dequantize_at_load: cfg.dequantize_at_load,
-            ..Default::default()
-        },
+        &say,
     )?;
     let fingerprint = ModelFingerprint::of_model(&model.spec, &model.weights);
     let state = match &resume {

@@ -7,13 +7,14 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use hone_core::generate::{generate, GenerateOptions};
+use hone_core::generate::{generate, CausalLm, GenerateOptions};
 use hone_core::sampling::SamplingParams;
 use hone_core::Model;
 use hone_cpu::{CpuModel, CpuModelOptions, CpuSession};
 
 mod args;
 mod bench_train;
+mod engine;
 mod eval;
 mod finetune;
 mod merge;
@@ -129,6 +130,10 @@ struct GenerateArgs {
     /// A PEFT LoRA adapter folder (e.g. OUTPUT/adapter from `hone finetune`).
     #[arg(long, visible_alias = "adapter_path")]
     adapter: Option<PathBuf>,
+    /// cpu, gpu (any wgpu adapter, software ones included) or auto (a hardware GPU if there
+    /// is one, else the CPU).
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Print nothing but the generated text.
     #[arg(short, long)]
     quiet: bool,
@@ -215,17 +220,49 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
         bail!("the prompt is empty after tokenization");
     }
     let max_len = (prompt_ids.len() + a.max_new_tokens).min(model.spec.max_position_embeddings);
-    let mut cpu = CpuModel::new(
-        &model.spec,
-        &model.weights,
-        CpuModelOptions {
-            dequantize_at_load: a.dequantize_at_load,
-        },
-    )?;
-    if let Some(dir) = &a.adapter {
-        args::apply_adapter(&mut cpu, dir, &model)?;
-    }
-    let mut session = CpuSession::new(cpu, max_len);
+    let mut session: Box<dyn CausalLm> = match engine::open_gpu(&a.device, &|s: &str| {
+        if !a.quiet {
+            eprintln!("{s}")
+        }
+    })? {
+        None => {
+            let mut cpu = CpuModel::new(
+                &model.spec,
+                &model.weights,
+                CpuModelOptions {
+                    dequantize_at_load: a.dequantize_at_load,
+                },
+            )?;
+            if let Some(dir) = &a.adapter {
+                args::apply_adapter(&mut cpu, dir, &model)?;
+            }
+            Box::new(CpuSession::new(cpu, max_len))
+        }
+        Some(gpu) => {
+            let adapter = match &a.adapter {
+                Some(dir) => Some(args::load_adapter_for(dir, &model)?),
+                None => None,
+            };
+            let parts = match &adapter {
+                Some(ad) => Some((
+                    hone_core::finetune::lora_setup(&ad.config, &model.spec)?,
+                    hone_core::finetune::adapter_to_params(ad)?,
+                )),
+                None => None,
+            };
+            let s = hone_gpu::session::GpuSession::new(
+                gpu,
+                &model.spec,
+                &model.weights,
+                parts.as_ref().map(|(s, p)| (s, p.as_slice())),
+                max_len,
+            )?;
+            if !a.quiet {
+                eprintln!("[hone] generating on {}", s.describe());
+            }
+            Box::new(s)
+        }
+    };
     let opts = GenerateOptions {
         max_new_tokens: a.max_new_tokens,
         sampling,
@@ -241,7 +278,7 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
     out.flush()?;
     let mut write_err = None;
     let result = generate(
-        &mut session,
+        &mut *session,
         &model.tokenizer,
         &prompt_ids,
         &opts,

@@ -10,7 +10,8 @@
 use serde::{Deserialize, Serialize};
 
 pub use crate::adapter::SavedModule;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::spec::ModelSpec;
 
 /// One LoRA-adapted linear layer, by its HF module path (`model.layers.0.self_attn.q_proj`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,4 +135,173 @@ pub trait Engine {
     /// Seed of the dropout RNG for the next micro-batch (the trainer derives it per step so a
     /// resumed run draws the same masks).
     fn set_dropout_seed(&mut self, seed: u64);
+}
+
+/// Module paths (inside a decoder layer) of the seven projections LoRA can adapt, in PEFT's
+/// usual order; engines index projections by position in this list.
+pub const PROJ_PATHS: [&str; 7] = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+];
+
+/// (in_features, out_features) of projection `p` (an index into `PROJ_PATHS`) under `spec`.
+pub fn proj_dims(spec: &ModelSpec, p: usize) -> (usize, usize) {
+    let (h, q, kv, f) = (
+        spec.hidden_size,
+        spec.q_dim(),
+        spec.kv_dim(),
+        spec.intermediate_size,
+    );
+    match p {
+        0 => (h, q),
+        1 | 2 => (h, kv),
+        3 => (q, h),
+        4 | 5 => (h, f),
+        _ => (f, h),
+    }
+}
+
+/// Reject specs the training engines cannot run, naming the field (`source`: the model file).
+pub fn check_trainable_spec(spec: &ModelSpec, source: &std::path::Path) -> Result<()> {
+    let bad = |field: &str, msg: String| Err(Error::invalid_field(source, field, msg));
+    if spec.num_attention_heads == 0
+        || spec.num_key_value_heads == 0
+        || !spec
+            .num_attention_heads
+            .is_multiple_of(spec.num_key_value_heads)
+    {
+        return bad(
+            "num_key_value_heads",
+            format!(
+                "{} must be > 0 and divide num_attention_heads {}",
+                spec.num_key_value_heads, spec.num_attention_heads
+            ),
+        );
+    }
+    if spec.head_dim == 0 || !spec.head_dim.is_multiple_of(2) {
+        return bad(
+            "head_dim",
+            format!("{} must be even and > 0", spec.head_dim),
+        );
+    }
+    if spec.hidden_act != "silu" {
+        return bad(
+            "hidden_act",
+            format!("'{}' is not supported (only silu)", spec.hidden_act),
+        );
+    }
+    if spec.vocab_size == 0 || spec.hidden_size == 0 || spec.num_hidden_layers == 0 {
+        return bad(
+            "vocab_size",
+            "vocab_size, hidden_size and num_hidden_layers must be > 0".into(),
+        );
+    }
+    if !(spec.rms_norm_eps.is_finite() && spec.rms_norm_eps >= 0.0) {
+        return bad(
+            "rms_norm_eps",
+            format!("{} is not valid", spec.rms_norm_eps),
+        );
+    }
+    Ok(())
+}
+
+/// Check a LoRA setup against `spec` (rank, scale, dropout, each target's module path and
+/// sizes, no duplicates) and return each target's (layer, projection index into `PROJ_PATHS`).
+pub fn parse_lora_targets(spec: &ModelSpec, lora: &LoraSetup) -> Result<Vec<(usize, usize)>> {
+    if lora.rank == 0 {
+        return Err(Error::Invalid("LoRA rank must be > 0".into()));
+    }
+    if !lora.scale.is_finite() {
+        return Err(Error::Invalid(format!(
+            "LoRA scale {} is not finite",
+            lora.scale
+        )));
+    }
+    if !(0.0..1.0).contains(&lora.dropout) {
+        return Err(Error::Invalid(format!(
+            "LoRA dropout {} must be in [0, 1)",
+            lora.dropout
+        )));
+    }
+    if lora.targets.is_empty() {
+        return Err(Error::Invalid("no LoRA targets".into()));
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(lora.targets.len());
+    for t in &lora.targets {
+        let parsed = t
+            .module
+            .strip_prefix("model.layers.")
+            .and_then(|rest| rest.split_once('.'))
+            .and_then(|(l, path)| {
+                let l: usize = l.parse().ok()?;
+                let p = PROJ_PATHS.iter().position(|&q| q == path)?;
+                Some((l, p))
+            });
+        let Some((l, p)) = parsed.filter(|(l, _)| *l < spec.num_hidden_layers) else {
+            return Err(Error::Invalid(format!(
+                "LoRA target '{}': not a projection of this model (expected \
+                 model.layers.<0..{}>.<self_attn.q_proj|k_proj|v_proj|o_proj|mlp.gate_proj|up_proj|down_proj>)",
+                t.module, spec.num_hidden_layers
+            )));
+        };
+        let (in_f, out_f) = proj_dims(spec, p);
+        if (t.in_features, t.out_features) != (in_f, out_f) {
+            return Err(Error::Invalid(format!(
+                "LoRA target '{}': {} -> {} features, the model has {in_f} -> {out_f}",
+                t.module, t.in_features, t.out_features
+            )));
+        }
+        if !seen.insert((l, p)) {
+            return Err(Error::Invalid(format!(
+                "LoRA target '{}' is listed twice",
+                t.module
+            )));
+        }
+        out.push((l, p));
+    }
+    Ok(out)
+}
+
+/// HF-convention labels (aligned with the ids, `-100` = no loss) shifted for causal LM: the
+/// pairs `(row, label)` where row `b * seq + t` predicts `labels[b * seq + t + 1]`. Every label
+/// must be -100 or a token id below `vocab`.
+pub fn shifted_targets(
+    labels: &[i32],
+    batch: usize,
+    seq: usize,
+    vocab: usize,
+) -> Result<Vec<(usize, u32)>> {
+    if labels.len() != batch * seq {
+        return Err(Error::Invalid(format!(
+            "labels: {} values for a batch of {batch} x {seq}",
+            labels.len()
+        )));
+    }
+    if let Some((i, &l)) = labels
+        .iter()
+        .enumerate()
+        .find(|(_, &l)| l != -100 && (l < 0 || l as usize >= vocab))
+    {
+        return Err(Error::Invalid(format!(
+            "labels: row {} position {} has label {l}: expected -100 or a token id below {vocab}",
+            i / seq,
+            i % seq
+        )));
+    }
+    let mut targets = Vec::new();
+    for b in 0..batch {
+        for t in 0..seq.saturating_sub(1) {
+            let l = labels[b * seq + t + 1];
+            if l != -100 {
+                targets.push((b * seq + t, l as u32));
+            }
+        }
+    }
+    Ok(targets)
 }

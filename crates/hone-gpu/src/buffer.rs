@@ -52,7 +52,10 @@ impl GBuf {
             offset % VIEW_ALIGN == 0,
             "view offset {start} is not a multiple of {VIEW_ALIGN_F32} elements"
         );
-        assert!(offset + size <= self.bytes, "view past the end of the buffer");
+        assert!(
+            offset + size <= self.bytes,
+            "view past the end of the buffer"
+        );
         View {
             buf: &self.buf,
             offset,
@@ -154,7 +157,9 @@ impl Gpu {
 
     /// Read `len` f32 elements from element `start` (async: the browser cannot block).
     pub async fn read_f32(&self, b: &GBuf, start: usize, len: usize) -> Result<Vec<f32>> {
-        let raw = self.read_raw(&b.buf, start as u64 * 4, len as u64 * 4).await?;
+        let raw = self
+            .read_raw(&b.buf, start as u64 * 4, len as u64 * 4)
+            .await?;
         Ok(raw
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))

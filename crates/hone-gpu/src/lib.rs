@@ -5,8 +5,10 @@
 
 pub mod buffer;
 pub mod context;
+pub mod engine;
 pub mod ops;
 pub mod recorder;
+pub mod session;
 
 pub use buffer::{align_f32, GBuf, View};
 pub use context::{AdapterChoice, Gpu, GpuOptions, Kernel};

@@ -6,7 +6,7 @@
 
 use hone_core::{Error, Result};
 
-use crate::buffer::View;
+use crate::buffer::{GBuf, View};
 use crate::context::{Gpu, Kernel};
 
 /// Bytes per parameter slot (WebGPU's `minUniformBufferOffsetAlignment` is at most 256).
@@ -70,8 +70,18 @@ impl<'g> Recorder<'g> {
 
     /// Record `kernel` over `groups` workgroups with parameter words `params` and storage
     /// bindings `bufs` (bindings 1..=n).
-    pub fn dispatch(&mut self, kernel: &Kernel, params: &Words, bufs: &[View<'_>], groups: [u32; 3]) {
-        assert!(params.len() * 4 <= SLOT as usize, "{}: too many parameters", kernel.name);
+    pub fn dispatch(
+        &mut self,
+        kernel: &Kernel,
+        params: &Words,
+        bufs: &[View<'_>],
+        groups: [u32; 3],
+    ) {
+        assert!(
+            params.len() * 4 <= SLOT as usize,
+            "{}: too many parameters",
+            kernel.name
+        );
         if groups.contains(&0) {
             return;
         }
@@ -80,7 +90,8 @@ impl<'g> Recorder<'g> {
         }
         let offset = self.slots * SLOT;
         self.slots += 1;
-        self.params.extend(params.iter().flat_map(|w| w.to_le_bytes()));
+        self.params
+            .extend(params.iter().flat_map(|w| w.to_le_bytes()));
         self.params.resize((self.slots * SLOT) as usize, 0);
         let mut entries = Vec::with_capacity(bufs.len() + 1);
         entries.push(wgpu::BindGroupEntry {
@@ -101,14 +112,19 @@ impl<'g> Recorder<'g> {
                 }),
             });
         }
-        let bind = self.gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(kernel.name),
-            layout: &kernel.layout,
-            entries: &entries,
-        });
+        let bind = self
+            .gpu
+            .device
+            .create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(kernel.name),
+                layout: &kernel.layout,
+                entries: &entries,
+            });
         let device = &self.gpu.device;
         let enc = self.encoder.get_or_insert_with(|| {
-            device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") })
+            device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("step"),
+            })
         });
         {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -127,16 +143,32 @@ impl<'g> Recorder<'g> {
         assert!(src.size <= dst.size);
         let device = &self.gpu.device;
         let enc = self.encoder.get_or_insert_with(|| {
-            device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") })
+            device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("step"),
+            })
         });
         enc.copy_buffer_to_buffer(src.buf, src.offset, dst.buf, dst.offset, src.size);
+    }
+
+    /// Copy `size` bytes at any 4-byte-aligned offsets (rows into a KV cache).
+    pub fn copy_bytes(&mut self, src: &GBuf, src_off: u64, dst: &GBuf, dst_off: u64, size: u64) {
+        assert!(src_off + size <= src.bytes && dst_off + size <= dst.bytes);
+        let device = &self.gpu.device;
+        let enc = self.encoder.get_or_insert_with(|| {
+            device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("step"),
+            })
+        });
+        enc.copy_buffer_to_buffer(&src.buf, src_off, &dst.buf, dst_off, size);
     }
 
     /// Fill a view with zeros inside the recorded stream.
     pub fn clear(&mut self, v: View<'_>) {
         let device = &self.gpu.device;
         let enc = self.encoder.get_or_insert_with(|| {
-            device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") })
+            device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("step"),
+            })
         });
         enc.clear_buffer(v.buf, v.offset, Some(v.size));
     }
@@ -145,7 +177,9 @@ impl<'g> Recorder<'g> {
     pub fn submit(&mut self) {
         if let Some(enc) = self.encoder.take() {
             if !self.params.is_empty() {
-                self.gpu.queue.write_buffer(&self.arena.buf, 0, &self.params);
+                self.gpu
+                    .queue
+                    .write_buffer(&self.arena.buf, 0, &self.params);
             }
             self.gpu.queue.submit([enc.finish()]);
         }
@@ -177,7 +211,9 @@ pub fn grid(gpu: &Gpu, n: usize, per_group: usize) -> Result<([u32; 3], u32)> {
     }
     let y = groups.div_ceil(max);
     if y > max {
-        return Err(Error::Gpu(format!("{n} items are too many for one dispatch")));
+        return Err(Error::Gpu(format!(
+            "{n} items are too many for one dispatch"
+        )));
     }
     let x = groups.div_ceil(y);
     Ok(([x as u32, y as u32, 1], x as u32))

@@ -1274,46 +1274,7 @@ fn layer_backward(
 
 /// Reject specs the training path cannot run, naming the field.
 fn check_spec(spec: &ModelSpec, weights: &WeightStore) -> Result<()> {
-    let bad = |field: &str, msg: String| Err(Error::invalid_field(&weights.source, field, msg));
-    if spec.num_attention_heads == 0
-        || spec.num_key_value_heads == 0
-        || !spec
-            .num_attention_heads
-            .is_multiple_of(spec.num_key_value_heads)
-    {
-        return bad(
-            "num_key_value_heads",
-            format!(
-                "{} must be > 0 and divide num_attention_heads {}",
-                spec.num_key_value_heads, spec.num_attention_heads
-            ),
-        );
-    }
-    if spec.head_dim == 0 || !spec.head_dim.is_multiple_of(2) {
-        return bad(
-            "head_dim",
-            format!("{} must be even and > 0", spec.head_dim),
-        );
-    }
-    if spec.hidden_act != "silu" {
-        return bad(
-            "hidden_act",
-            format!("'{}' is not supported (only silu)", spec.hidden_act),
-        );
-    }
-    if spec.vocab_size == 0 || spec.hidden_size == 0 || spec.num_hidden_layers == 0 {
-        return bad(
-            "vocab_size",
-            "vocab_size, hidden_size and num_hidden_layers must be > 0".into(),
-        );
-    }
-    if !(spec.rms_norm_eps.is_finite() && spec.rms_norm_eps >= 0.0) {
-        return bad(
-            "rms_norm_eps",
-            format!("{} is not valid", spec.rms_norm_eps),
-        );
-    }
-    Ok(())
+    hone_core::engine::check_trainable_spec(spec, &weights.source)
 }
 
 /// The frozen weights, kept in their stored type unless `dense`.
@@ -1367,58 +1328,14 @@ fn load_base(spec: &ModelSpec, weights: &WeightStore, dense: bool) -> Result<Bas
 
 /// Place each target's A and B in the flat buffers, checking names and sizes against `spec`.
 fn lora_layout(spec: &ModelSpec, lora: &LoraSetup) -> Result<LoraLayout> {
-    if lora.rank == 0 {
-        return Err(Error::Invalid("LoRA rank must be > 0".into()));
-    }
-    if !lora.scale.is_finite() {
-        return Err(Error::Invalid(format!(
-            "LoRA scale {} is not finite",
-            lora.scale
-        )));
-    }
-    if !(0.0..1.0).contains(&lora.dropout) {
-        return Err(Error::Invalid(format!(
-            "LoRA dropout {} must be in [0, 1)",
-            lora.dropout
-        )));
-    }
-    if lora.targets.is_empty() {
-        return Err(Error::Invalid("no LoRA targets".into()));
-    }
+    let parsed = hone_core::engine::parse_lora_targets(spec, lora)?;
     let r = lora.rank;
     let mut slot_of = vec![[None; 7]; spec.num_hidden_layers];
     let mut slots = Vec::with_capacity(lora.targets.len());
     let mut offset = 0;
-    for t in &lora.targets {
-        let parsed = t
-            .module
-            .strip_prefix("model.layers.")
-            .and_then(|rest| rest.split_once('.'))
-            .and_then(|(l, path)| {
-                let l: usize = l.parse().ok()?;
-                let p = PROJS.into_iter().find(|p| p.path() == path)?;
-                Some((l, p))
-            });
-        let Some((l, p)) = parsed.filter(|(l, _)| *l < spec.num_hidden_layers) else {
-            return Err(Error::Invalid(format!(
-                "LoRA target '{}': not a projection of this model (expected \
-                 model.layers.<0..{}>.<self_attn.q_proj|k_proj|v_proj|o_proj|mlp.gate_proj|up_proj|down_proj>)",
-                t.module, spec.num_hidden_layers
-            )));
-        };
+    for (t, (l, p)) in lora.targets.iter().zip(parsed) {
+        let p = PROJS[p];
         let (in_f, out_f) = p.dims(spec);
-        if (t.in_features, t.out_features) != (in_f, out_f) {
-            return Err(Error::Invalid(format!(
-                "LoRA target '{}': {} -> {} features, the model has {in_f} -> {out_f}",
-                t.module, t.in_features, t.out_features
-            )));
-        }
-        if slot_of[l][p as usize].is_some() {
-            return Err(Error::Invalid(format!(
-                "LoRA target '{}' is listed twice",
-                t.module
-            )));
-        }
         slot_of[l][p as usize] = Some(slots.len());
         slots.push(Slot {
             module: t.module.clone(),

@@ -3,51 +3,13 @@
 //! over chunks of rows so that the `[tokens, vocab]` logits never exist for the whole batch.
 //! Only rows that carry a label are computed at all.
 
-use hone_core::{Error, Result};
-
 use super::linalg::{gemm, matmul_backward, MatRef};
 use super::ops::{rmsnorm_backward, rmsnorm_forward};
 use super::par::for_each_chunk_pair;
 use super::vmath;
 use crate::matmul::{matmul_forward, Weight};
 
-/// HF-convention labels (aligned with the ids, `-100` = no loss) shifted for causal LM: the
-/// pairs `(row, label)` where row `b * seq + t` predicts `labels[b * seq + t + 1]`. Every label
-/// must be -100 or a token id below `vocab`.
-pub fn shifted_targets(
-    labels: &[i32],
-    batch: usize,
-    seq: usize,
-    vocab: usize,
-) -> Result<Vec<(usize, u32)>> {
-    if labels.len() != batch * seq {
-        return Err(Error::Invalid(format!(
-            "labels: {} values for a batch of {batch} x {seq}",
-            labels.len()
-        )));
-    }
-    if let Some((i, &l)) = labels
-        .iter()
-        .enumerate()
-        .find(|(_, &l)| l != -100 && (l < 0 || l as usize >= vocab))
-    {
-        return Err(Error::Invalid(format!(
-            "labels: row {} position {} has label {l}: expected -100 or a token id below {vocab}",
-            i / seq,
-            i % seq
-        )));
-    }
-    let mut targets = Vec::new();
-    for b in 0..batch {
-        for t in 0..seq.saturating_sub(1) {
-            let l = labels[b * seq + t + 1];
-            if l != -100 {
-                targets.push((b * seq + t, l as u32));
-            }
-        }
-    }
-    Ok(targets)
-}
+pub use hone_core::engine::shifted_targets;
 
 /// The `[vocab, hidden]` output weight: frozen (any stored type), or a trainable f32 copy
 /// (`modules_to_save = ["lm_head"]`), row-major.

@@ -1,0 +1,318 @@
+//! `GpuEngine` against `CpuEngine` (the numerical reference) on tiny random models: one
+//! training step (loss and every LoRA gradient) for each stored weight type, with q/k/v biases
+//! and untied heads, with dropout (the same masks), a 20-step loss curve with AdamW and
+//! clipping, evaluation, optimizer state moving between the engines (checkpoints written by one
+//! resume on the other), and faults: device lost, a batch beyond the adapter's limits.
+
+use hone_core::engine::{AdamW, Engine, LoraSetup, MicroBatch, NamedTensor, TrainTarget};
+use hone_core::fixtures::{tiny_spec, tiny_weights};
+use hone_core::{Architecture, DType, ModelSpec, WeightStore};
+use hone_cpu::train::{CpuEngine, CpuTrainOptions};
+use hone_gpu::engine::{GpuEngine, GpuTrainOptions};
+use hone_gpu::{Gpu, GpuOptions};
+use pollster::block_on;
+
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+    fn sym(&mut self, a: f32) -> f32 {
+        ((self.next() as f64 / (1u64 << 31) as f64) as f32 * 2.0 - 1.0) * a
+    }
+}
+
+fn setup(spec: &ModelSpec, rank: usize, dropout: f32) -> LoraSetup {
+    let mut targets = Vec::new();
+    for l in 0..spec.num_hidden_layers {
+        for (p, path) in hone_core::engine::PROJ_PATHS.iter().enumerate() {
+            let (i, o) = hone_core::engine::proj_dims(spec, p);
+            targets.push(TrainTarget {
+                module: format!("model.layers.{l}.{path}"),
+                in_features: i,
+                out_features: o,
+            });
+        }
+    }
+    LoraSetup {
+        rank,
+        scale: 2.0,
+        dropout,
+        targets,
+        modules_to_save: Vec::new(),
+    }
+}
+
+fn random_lora(s: &LoraSetup, seed: u64) -> Vec<NamedTensor> {
+    let mut rng = Lcg(seed);
+    let r = s.rank;
+    let mut out = Vec::new();
+    for t in &s.targets {
+        let a = 1.0 / (t.in_features as f32).sqrt();
+        out.push(NamedTensor {
+            name: format!("{}.lora_A", t.module),
+            shape: vec![r, t.in_features],
+            data: (0..r * t.in_features).map(|_| rng.sym(a)).collect(),
+        });
+        out.push(NamedTensor {
+            name: format!("{}.lora_B", t.module),
+            shape: vec![t.out_features, r],
+            data: (0..t.out_features * r).map(|_| rng.sym(0.2)).collect(),
+        });
+    }
+    out
+}
+
+fn batch(vocab: usize, b: usize, t: usize, seed: u64) -> (Vec<u32>, Vec<i32>) {
+    let mut rng = Lcg(seed);
+    let ids: Vec<u32> = (0..b * t)
+        .map(|_| (rng.next() % vocab as u64) as u32)
+        .collect();
+    let mut labels: Vec<i32> = ids.iter().map(|&x| x as i32).collect();
+    for r in 0..b {
+        labels[r * t] = -100;
+        labels[r * t + 1] = -100;
+    }
+    (ids, labels)
+}
+
+fn gpu() -> Gpu {
+    Gpu::new_blocking(&GpuOptions::default()).expect("a wgpu adapter (lavapipe in CI)")
+}
+
+fn engines(spec: &ModelSpec, w: &WeightStore, s: &LoraSetup, hp: AdamW) -> (CpuEngine, GpuEngine) {
+    let mut c = CpuEngine::new(spec, w, s.clone(), hp, CpuTrainOptions::default()).unwrap();
+    let mut g = GpuEngine::new(gpu(), spec, w, s.clone(), hp, GpuTrainOptions::default()).unwrap();
+    let p = random_lora(s, 7);
+    block_on(c.set_params(&p)).unwrap();
+    block_on(g.set_params(&p)).unwrap();
+    (c, g)
+}
+
+/// max |a - b| / max |b| over all tensors (names must match).
+fn rel_diff(a: &[NamedTensor], b: &[NamedTensor]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let mut worst = 0f32;
+    for (x, y) in a.iter().zip(b) {
+        assert_eq!(x.name, y.name);
+        let scale = y.data.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-20);
+        let d = x
+            .data
+            .iter()
+            .zip(&y.data)
+            .fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+        assert!(d.is_finite(), "{}: non-finite", x.name);
+        worst = worst.max(d / scale);
+    }
+    worst
+}
+
+fn mb<'a>(b: &'a (Vec<u32>, Vec<i32>), batch: usize, seq: usize) -> MicroBatch<'a> {
+    MicroBatch {
+        ids: &b.0,
+        labels: &b.1,
+        batch,
+        seq,
+    }
+}
+
+fn one_step(spec: &ModelSpec, dtype: DType, dropout: f32, what: &str) {
+    let w = tiny_weights(spec, dtype, 11).unwrap();
+    let s = setup(spec, 4, dropout);
+    let (mut c, mut g) = engines(spec, &w, &s, AdamW::default());
+    c.set_dropout_seed(5);
+    g.set_dropout_seed(5);
+    let (bsz, seq) = (2, 13);
+    let b = batch(spec.vocab_size, bsz, seq, 3);
+    let scale = 1.0 / 20.0;
+    let lc = block_on(c.forward_backward(&mb(&b, bsz, seq), scale)).unwrap();
+    let lg = block_on(g.forward_backward(&mb(&b, bsz, seq), scale)).unwrap();
+    assert_eq!(lc.tokens, lg.tokens);
+    let rel = ((lc.nll_sum - lg.nll_sum) / lc.nll_sum).abs();
+    assert!(
+        rel < 2e-5,
+        "{what}: loss {} vs cpu {} (rel {rel:.2e})",
+        lg.nll_sum,
+        lc.nll_sum
+    );
+    let d = rel_diff(&block_on(g.grads()).unwrap(), &block_on(c.grads()).unwrap());
+    eprintln!("{what}: loss rel {rel:.2e}, grads rel {d:.2e}");
+    assert!(
+        d < 2e-4,
+        "{what}: LoRA gradients differ from the CPU engine's by {d:.2e}"
+    );
+    // A second micro-batch accumulates (another shape: the plan grows once).
+    let b2 = batch(spec.vocab_size, 3, 9, 4);
+    block_on(c.forward_backward(&mb(&b2, 3, 9), scale)).unwrap();
+    block_on(g.forward_backward(&mb(&b2, 3, 9), scale)).unwrap();
+    let d = rel_diff(&block_on(g.grads()).unwrap(), &block_on(c.grads()).unwrap());
+    assert!(d < 2e-4, "{what}: accumulated gradients differ by {d:.2e}");
+}
+
+#[test]
+fn one_step_matches_the_cpu_engine_for_each_weight_type() {
+    let spec = tiny_spec(Architecture::Llama, true, 300);
+    for dtype in [
+        DType::F32,
+        DType::F16,
+        DType::Q8_0,
+        DType::Q4_0,
+        DType::Q4_1,
+        DType::Q4K,
+        DType::Q6K,
+    ] {
+        one_step(&spec, dtype, 0.0, &format!("llama tied {dtype}"));
+    }
+}
+
+#[test]
+fn one_step_matches_with_biases_untied_head_and_dropout() {
+    let spec = tiny_spec(Architecture::Qwen2, false, 301);
+    one_step(&spec, DType::F32, 0.0, "qwen2 untied f32");
+    one_step(&spec, DType::Q8_0, 0.1, "qwen2 untied q8_0 dropout 0.1");
+    // Odd sizes: nothing a multiple of a workgroup or tile; GQA 3:1 with head_dim 10.
+    let mut odd = tiny_spec(Architecture::Llama, false, 97);
+    odd.hidden_size = 45;
+    odd.num_attention_heads = 6;
+    odd.num_key_value_heads = 2;
+    odd.head_dim = 10;
+    odd.intermediate_size = 77;
+    odd.num_hidden_layers = 3;
+    one_step(&odd, DType::F32, 0.2, "odd sizes f32 dropout 0.2");
+}
+
+#[test]
+fn twenty_steps_follow_the_cpu_loss_curve_and_checkpoints_move_between_engines() {
+    let spec = tiny_spec(Architecture::Llama, true, 300);
+    let w = tiny_weights(&spec, DType::Q4_1, 5).unwrap();
+    let s = setup(&spec, 4, 0.05);
+    let hp = AdamW {
+        weight_decay: 0.01,
+        ..Default::default()
+    };
+    let (mut c, mut g) = engines(&spec, &w, &s, hp);
+    let (bsz, seq) = (2, 16);
+    let mut worst = 0f64;
+    for step in 0..20u64 {
+        c.set_dropout_seed(step);
+        g.set_dropout_seed(step);
+        let b = batch(spec.vocab_size, bsz, seq, 100 + step % 3);
+        let lc = block_on(c.forward_backward(&mb(&b, bsz, seq), 1.0 / 28.0)).unwrap();
+        let lg = block_on(g.forward_backward(&mb(&b, bsz, seq), 1.0 / 28.0)).unwrap();
+        let sc = block_on(c.optimizer_step(3e-3, Some(0.5))).unwrap();
+        let sg = block_on(g.optimizer_step(3e-3, Some(0.5))).unwrap();
+        let rel = ((lc.mean() - lg.mean()) / lc.mean()).abs();
+        let nrel = ((sc.grad_norm - sg.grad_norm) / sc.grad_norm).abs() as f64;
+        worst = worst.max(rel);
+        assert!(
+            rel < 1e-3,
+            "step {step}: loss {} vs cpu {}",
+            lg.mean(),
+            lc.mean()
+        );
+        assert!(
+            nrel < 1e-3,
+            "step {step}: grad norm {} vs cpu {}",
+            sg.grad_norm,
+            sc.grad_norm
+        );
+    }
+    eprintln!("20 steps: worst loss rel diff {worst:.2e}");
+    let dp = rel_diff(
+        &block_on(g.params()).unwrap(),
+        &block_on(c.params()).unwrap(),
+    );
+    assert!(dp < 1e-3, "parameters after 20 steps differ by {dp:.2e}");
+    // Evaluation agrees.
+    let b = batch(spec.vocab_size, 3, 11, 9);
+    let ec = block_on(c.eval_loss(&mb(&b, 3, 11))).unwrap();
+    let eg = block_on(g.eval_loss(&mb(&b, 3, 11))).unwrap();
+    assert!(((ec.nll_sum - eg.nll_sum) / ec.nll_sum).abs() < 1e-4);
+
+    // The CPU engine's state (as a checkpoint holds it) continues on a fresh GPU engine, and
+    // the reverse; both continuations agree with the CPU engine's own.
+    let params = block_on(c.params()).unwrap();
+    let opt = block_on(c.optimizer_state()).unwrap();
+    let mut g2 =
+        GpuEngine::new(gpu(), &spec, &w, s.clone(), hp, GpuTrainOptions::default()).unwrap();
+    block_on(g2.set_params(&params)).unwrap();
+    block_on(g2.set_optimizer_state(&opt)).unwrap();
+    let gparams = block_on(g.params()).unwrap();
+    let gopt = block_on(g.optimizer_state()).unwrap();
+    assert_eq!(gopt.step, 20);
+    let mut c2 = CpuEngine::new(&spec, &w, s.clone(), hp, CpuTrainOptions::default()).unwrap();
+    block_on(c2.set_params(&gparams)).unwrap();
+    block_on(c2.set_optimizer_state(&gopt)).unwrap();
+    for step in 20..23u64 {
+        let b = batch(spec.vocab_size, bsz, seq, step);
+        for e in [&mut c as &mut dyn StepOnce, &mut g2, &mut c2] {
+            e.step_once(step, &b, bsz, seq);
+        }
+    }
+    let p_c = block_on(c.params()).unwrap();
+    let d1 = rel_diff(&block_on(g2.params()).unwrap(), &p_c);
+    let d2 = rel_diff(&block_on(c2.params()).unwrap(), &p_c);
+    assert!(
+        d1 < 1e-3 && d2 < 2e-3,
+        "resumed runs differ: {d1:.2e} {d2:.2e}"
+    );
+}
+
+trait StepOnce {
+    fn step_once(&mut self, step: u64, b: &(Vec<u32>, Vec<i32>), bsz: usize, seq: usize);
+}
+impl<E: Engine> StepOnce for E {
+    fn step_once(&mut self, step: u64, b: &(Vec<u32>, Vec<i32>), bsz: usize, seq: usize) {
+        self.set_dropout_seed(step);
+        block_on(self.forward_backward(&mb(b, bsz, seq), 1.0 / 28.0)).unwrap();
+        block_on(self.optimizer_step(3e-3, Some(0.5))).unwrap();
+    }
+}
+
+#[test]
+fn faults_are_errors_that_say_what_happened() {
+    let spec = tiny_spec(Architecture::Llama, true, 300);
+    let w = tiny_weights(&spec, DType::F32, 1).unwrap();
+    let s = setup(&spec, 2, 0.0);
+    let (_, mut g) = engines(&spec, &w, &s, AdamW::default());
+    let b = batch(spec.vocab_size, 1, 8, 1);
+    block_on(g.forward_backward(&mb(&b, 1, 8), 0.1)).unwrap();
+    // A batch whose activations exceed one storage binding names the cure.
+    let err = g.plan(1 << 16, 512).unwrap_err().to_string();
+    assert!(err.contains("lower per_device_train_batch_size"), "{err}");
+    // Device lost mid-run: an error, not a panic or a hang.
+    g.lose_device_after(0);
+    let err = block_on(g.forward_backward(&mb(&b, 1, 8), 0.1))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("lost"), "{err}");
+    // Bad batches.
+    let bad = (vec![5000u32; 8], vec![-100i32; 8]);
+    let mut g = engines(&spec, &w, &s, AdamW::default()).1;
+    let err = block_on(g.forward_backward(&mb(&bad, 1, 8), 0.1))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("outside the vocabulary"), "{err}");
+    // modules_to_save is refused with a pointer to the CPU engine.
+    let mut s2 = s.clone();
+    s2.modules_to_save.push(hone_core::engine::SavedModule {
+        module: "lm_head".into(),
+        weight_name: "lm_head.weight".into(),
+        shape: vec![spec.vocab_size, spec.hidden_size],
+    });
+    let err = GpuEngine::new(
+        gpu(),
+        &spec,
+        &w,
+        s2,
+        AdamW::default(),
+        GpuTrainOptions::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("--device cpu"), "{err}");
+}

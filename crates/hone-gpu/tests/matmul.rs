@@ -1,0 +1,548 @@
+//! Products and the embedding gather against the CPU engine, on random inputs, every weight
+//! type, odd sizes, accumulate and bias, weights split into parts, and gemm in all four
+//! transpose combinations.
+//!
+//! Tolerances are relative to the largest |value| of the reference: the GPU and the CPU add
+//! the same products in different orders (and the GPU may fuse multiply-adds), so results
+//! differ by a few f32 rounding errors per term: 1e-5 x sqrt(terms) is far above that and far
+//! below any indexing or dequantization mistake (those give errors of order 1).
+
+use half::{bf16, f16};
+use hone_core::{Bytes, DType, TensorEntry};
+use hone_cpu::matmul::{matmul_forward, Weight};
+use hone_cpu::train::linalg::matmul_backward;
+use hone_gpu::ops::matmul::{
+    embedding, gemm, linear_backward_input, linear_forward, Gemm, GpuWeight,
+};
+use hone_gpu::{Arena, Gpu, GpuOptions, Recorder};
+
+fn gpu() -> Gpu {
+    Gpu::new_blocking(&GpuOptions::default()).expect("a wgpu adapter (lavapipe in CI)")
+}
+
+/// xorshift64*: small and deterministic.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Uniform in [-1, 1).
+    fn f(&mut self) -> f32 {
+        (self.u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.f()).collect()
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.u64() as u8).collect()
+    }
+}
+
+/// A `[rows, cols]` tensor of `dtype` with random values: random quants with sane f16 scales
+/// for the block types.
+fn random_tensor(rng: &mut Rng, name: &str, dtype: DType, rows: usize, cols: usize) -> TensorEntry {
+    let n = rows * cols;
+    let bytes: Vec<u8> = match dtype {
+        DType::F32 => rng.vec(n).iter().flat_map(|v| v.to_le_bytes()).collect(),
+        DType::F16 => (0..n)
+            .flat_map(|_| f16::from_f32(rng.f()).to_le_bytes())
+            .collect(),
+        DType::BF16 => (0..n)
+            .flat_map(|_| bf16::from_f32(rng.f()).to_le_bytes())
+            .collect(),
+        _ => {
+            let (bs, ts) = (dtype.block_size(), dtype.type_size());
+            let mut out = Vec::with_capacity(n / bs * ts);
+            for _ in 0..n / bs {
+                let mut b = rng.bytes(ts);
+                let put = |b: &mut Vec<u8>, at: usize, v: f32| {
+                    b[at..at + 2].copy_from_slice(&f16::from_f32(v).to_le_bytes())
+                };
+                let d = 0.002 + 0.02 * rng.f().abs();
+                let m = 0.05 * rng.f();
+                match dtype {
+                    DType::Q8_0 | DType::Q4_0 | DType::Q5_0 => put(&mut b, 0, d),
+                    DType::Q4_1 | DType::Q5_1 => {
+                        put(&mut b, 0, d);
+                        put(&mut b, 2, m);
+                    }
+                    DType::Q4K | DType::Q5K => {
+                        put(&mut b, 0, d / 8.0);
+                        put(&mut b, 2, m.abs() / 8.0);
+                    }
+                    DType::Q6K => put(&mut b, 208, d / 8.0),
+                    _ => unreachable!(),
+                }
+                out.extend_from_slice(&b);
+            }
+            out
+        }
+    };
+    TensorEntry::new(name, vec![rows, cols], dtype, Bytes::from_vec(bytes)).unwrap()
+}
+
+/// Columns for a type: odd for floats, whole (super-)blocks otherwise.
+fn cols_for(dtype: DType) -> usize {
+    match dtype.block_size() {
+        1 => 75,
+        32 => 96,
+        _ => 512,
+    }
+}
+
+/// max |got - want| / max |want|.
+fn rel_err(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(0f32, |a, v| a.max(v.abs())).max(1e-30);
+    let mut worst = 0f32;
+    for (g, w) in got.iter().zip(want) {
+        let e = (g - w).abs();
+        assert!(e.is_finite(), "non-finite result {g} (want {w})");
+        worst = worst.max(e);
+    }
+    worst / scale
+}
+
+fn check(what: &str, got: &[f32], want: &[f32], terms: usize) {
+    let tol = 1e-5 * (terms as f32).sqrt().max(4.0);
+    let e = rel_err(got, want);
+    assert!(e <= tol, "{what}: relative error {e:e} > {tol:e}");
+}
+
+/// Forward and backward through the GPU for one weight, checked against the CPU engine.
+fn forward_backward_case(gpu: &Gpu, rng: &mut Rng, t: &TensorEntry, gw: &GpuWeight, m: usize) {
+    let (n, k) = (t.shape[0], t.shape[1]);
+    let cw = Weight::from_entry(t);
+    let x = rng.vec(m * k);
+    let bias = rng.vec(n);
+    let y0 = rng.vec(m * n);
+    let dy = rng.vec(m * n);
+    let dx0 = rng.vec(m * k);
+    let arena = Arena::new(gpu);
+    let xb = gpu.upload_f32("x", &x).unwrap();
+    let bb = gpu.upload_f32("bias", &bias).unwrap();
+    let dyb = gpu.upload_f32("dy", &dy).unwrap();
+    for (with_bias, acc) in [(false, false), (true, false), (false, true), (true, true)] {
+        let yb = gpu.upload_f32("y", &y0).unwrap();
+        let mut rec = Recorder::new(gpu, &arena);
+        let b = with_bias.then(|| bb.view());
+        linear_forward(&mut rec, yb.view(), xb.view(), gw, b, m, acc).unwrap();
+        rec.finish().unwrap();
+        let got = gpu.read_f32_blocking(&yb).unwrap();
+        let mut want = vec![0f32; m * n];
+        matmul_forward(&mut want, &x, &cw, with_bias.then_some(&bias[..]), m);
+        if acc {
+            for (w, y) in want.iter_mut().zip(&y0) {
+                *w += y;
+            }
+        }
+        let what = format!(
+            "{} {} forward m={m} bias={with_bias} acc={acc}",
+            t.name, t.dtype
+        );
+        check(&what, &got, &want, k);
+
+        let dxb = gpu.upload_f32("dx", &dx0).unwrap();
+        let mut rec = Recorder::new(gpu, &arena);
+        linear_backward_input(&mut rec, dxb.view(), dyb.view(), gw, m, acc).unwrap();
+        rec.finish().unwrap();
+        let got = gpu.read_f32_blocking(&dxb).unwrap();
+        let mut want = dx0.clone();
+        matmul_backward(&mut want, &dy, &cw, m, acc);
+        let what = format!("{} {} backward m={m} acc={acc}", t.name, t.dtype);
+        check(&what, &got, &want, n);
+    }
+}
+
+#[test]
+fn linear_forward_and_backward_every_type() {
+    let gpu = gpu();
+    eprintln!("adapter: {}", gpu.describe());
+    let mut rng = Rng::new(1);
+    for dtype in DType::ALL {
+        let (n, k) = (45, cols_for(dtype));
+        let t = random_tensor(&mut rng, "w", dtype, n, k);
+        let gw = GpuWeight::upload(&gpu, &t).unwrap();
+        assert_eq!((gw.rows, gw.cols, gw.dtype), (n, k, dtype));
+        assert_eq!(gw.n_parts(), 1);
+        assert!(gw.bytes() >= t.data.len() as u64);
+        for m in [1, 37] {
+            forward_backward_case(&gpu, &mut rng, &t, &gw, m);
+        }
+    }
+}
+
+#[test]
+fn linear_main_shapes() {
+    let gpu = gpu();
+    let mut rng = Rng::new(2);
+    for (dtype, n, k) in [
+        (DType::Q4_1, 192, 576),
+        (DType::Q8_0, 576, 1536),
+        (DType::F32, 200, 576),
+        (DType::Q4K, 64, 1536),
+    ] {
+        let t = random_tensor(&mut rng, "w", dtype, n, k);
+        let gw = GpuWeight::upload(&gpu, &t).unwrap();
+        forward_backward_case(&gpu, &mut rng, &t, &gw, 67);
+    }
+}
+
+#[test]
+fn from_f32_matches_an_f32_entry() {
+    let gpu = gpu();
+    let mut rng = Rng::new(3);
+    let (n, k) = (13, 7);
+    let v = rng.vec(n * k);
+    let t = TensorEntry::from_f32("w", vec![n, k], &v).unwrap();
+    let gw = GpuWeight::from_f32(&gpu, "w", n, k, &v).unwrap();
+    assert_eq!(gw.bytes(), (n * k * 4) as u64);
+    forward_backward_case(&gpu, &mut rng, &t, &gw, 9);
+    assert!(GpuWeight::from_f32(&gpu, "w", n, k + 1, &v).is_err());
+}
+
+#[test]
+fn weights_split_into_parts() {
+    let gpu = gpu();
+    let mut rng = Rng::new(4);
+    for (dtype, n, k) in [
+        (DType::Q8_0, 61, 64),
+        (DType::F16, 50, 33),
+        (DType::Q6K, 21, 256),
+        (DType::Q4_1, 30, 96),
+    ] {
+        let t = random_tensor(&mut rng, "split", dtype, n, k);
+        // About a fifth of the rows per part, not dividing the rows evenly.
+        let max = (t.row_bytes() * (n / 5 + 1)) as u64 + 3;
+        let gw = GpuWeight::upload_with_max_part(&gpu, &t, max).unwrap();
+        assert!(gw.n_parts() >= 4, "{dtype}: {} parts", gw.n_parts());
+        forward_backward_case(&gpu, &mut rng, &t, &gw, 19);
+        embedding_case(&gpu, &mut rng, &t, &gw);
+    }
+    // A row larger than a part is an error naming the tensor.
+    let t = random_tensor(&mut rng, "wide", DType::Q8_0, 4, 64);
+    let e = GpuWeight::upload_with_max_part(&gpu, &t, 60).unwrap_err();
+    assert!(e.to_string().contains("wide"), "{e}");
+}
+
+fn embedding_case(gpu: &Gpu, rng: &mut Rng, t: &TensorEntry, gw: &GpuWeight) {
+    let (rows, k) = (t.shape[0], t.shape[1]);
+    let n_tokens = 29;
+    let mut ids: Vec<u32> = (0..n_tokens)
+        .map(|_| (rng.u64() % rows as u64) as u32)
+        .collect();
+    ids[0] = 0;
+    ids[1] = rows as u32 - 1;
+    ids[5] = rows as u32; // out of range: zeros
+    ids[6] = u32::MAX;
+    let idb = gpu.upload_u32("ids", &ids).unwrap();
+    let outb = gpu
+        .upload_f32("out", &vec![f32::NAN; n_tokens * k])
+        .unwrap();
+    let arena = Arena::new(gpu);
+    let mut rec = Recorder::new(gpu, &arena);
+    embedding(&mut rec, outb.view(), idb.view(), gw, n_tokens).unwrap();
+    rec.finish().unwrap();
+    let got = gpu.read_f32_blocking(&outb).unwrap();
+    let cw = Weight::from_entry(t);
+    let mut want = vec![0f32; n_tokens * k];
+    for (tok, &id) in ids.iter().enumerate() {
+        if (id as usize) < rows {
+            hone_cpu::ops::embedding_forward(&mut want[tok * k..(tok + 1) * k], &[id], &cw);
+        }
+    }
+    // Dequantization is exact up to a possibly fused d * q + m: 1e-6 relative.
+    let e = rel_err(&got, &want);
+    assert!(
+        e <= 1e-6,
+        "{} {} embedding: relative error {e:e}",
+        t.name,
+        t.dtype
+    );
+}
+
+#[test]
+fn embedding_every_type() {
+    let gpu = gpu();
+    let mut rng = Rng::new(5);
+    for dtype in DType::ALL {
+        let k = if dtype.block_size() == 1 {
+            37
+        } else {
+            cols_for(dtype)
+        };
+        let t = random_tensor(&mut rng, "embed", dtype, 23, k);
+        let gw = GpuWeight::upload(&gpu, &t).unwrap();
+        embedding_case(&gpu, &mut rng, &t, &gw);
+    }
+}
+
+/// Naive reference of `gemm`, in f64.
+#[allow(clippy::too_many_arguments)]
+fn gemm_ref(c: &mut [f32], a: &[f32], b: &[f32], g: Gemm, alpha: f32, beta: f32) {
+    for i in 0..g.m {
+        for j in 0..g.n {
+            let mut s = 0f64;
+            for q in 0..g.k {
+                let av = if g.trans_a {
+                    a[q * g.m + i]
+                } else {
+                    a[i * g.k + q]
+                };
+                let bv = if g.trans_b {
+                    b[j * g.k + q]
+                } else {
+                    b[q * g.n + j]
+                };
+                s += av as f64 * bv as f64;
+            }
+            let o = i * g.n + j;
+            let old = if beta == 0.0 {
+                0.0
+            } else {
+                beta as f64 * c[o] as f64
+            };
+            c[o] = (alpha as f64 * s + old) as f32;
+        }
+    }
+}
+
+#[test]
+fn gemm_all_transposes_alpha_beta() {
+    let gpu = gpu();
+    let arena = Arena::new(&gpu);
+    let mut rng = Rng::new(6);
+    let shapes = [
+        (13, 11, 7),
+        (1, 9, 30),
+        (37, 8, 75),
+        (8, 67, 101),
+        // LoRA: x·A, the rank-8 gradient reductions over the tokens.
+        (100, 8, 576),
+        (8, 576, 1024),
+    ];
+    for (m, n, k) in shapes {
+        for (trans_a, trans_b) in [(false, false), (true, false), (false, true), (true, true)] {
+            for (alpha, beta) in [(1.0, 0.0), (0.5, 1.0), (-2.0, 0.25)] {
+                let g = Gemm {
+                    m,
+                    n,
+                    k,
+                    trans_a,
+                    trans_b,
+                };
+                let a = rng.vec(m * k);
+                let b = rng.vec(k * n);
+                // beta = 0 must ignore C: start from NaN.
+                let c0: Vec<f32> = if beta == 0.0 {
+                    vec![f32::NAN; m * n]
+                } else {
+                    rng.vec(m * n)
+                };
+                let (ab, bb) = (
+                    gpu.upload_f32("a", &a).unwrap(),
+                    gpu.upload_f32("b", &b).unwrap(),
+                );
+                let cb = gpu.upload_f32("c", &c0).unwrap();
+                let mut rec = Recorder::new(&gpu, &arena);
+                gemm(&mut rec, cb.view(), ab.view(), bb.view(), g, alpha, beta).unwrap();
+                rec.finish().unwrap();
+                let got = gpu.read_f32_blocking(&cb).unwrap();
+                let mut want = c0.clone();
+                gemm_ref(&mut want, &a, &b, g, alpha, beta);
+                check(
+                    &format!("gemm {g:?} alpha={alpha} beta={beta}"),
+                    &got,
+                    &want,
+                    k,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_arguments_are_errors_naming_the_tensor() {
+    let gpu = gpu();
+    let arena = Arena::new(&gpu);
+    let mut rng = Rng::new(7);
+    let t = random_tensor(&mut rng, "blk.0.attn_q", DType::Q4_0, 8, 64);
+    let gw = GpuWeight::upload(&gpu, &t).unwrap();
+    let small = gpu.zeros("small", 10).unwrap();
+    let big = gpu.zeros("big", 4096).unwrap();
+    let mut rec = Recorder::new(&gpu, &arena);
+    let e = linear_forward(&mut rec, big.view(), small.view(), &gw, None, 4, false).unwrap_err();
+    assert!(e.to_string().contains("blk.0.attn_q"), "{e}");
+    let e = linear_backward_input(&mut rec, small.view(), big.view(), &gw, 4, false).unwrap_err();
+    assert!(e.to_string().contains("blk.0.attn_q"), "{e}");
+    let e = embedding(&mut rec, small.view(), big.view(), &gw, 4).unwrap_err();
+    assert!(e.to_string().contains("blk.0.attn_q"), "{e}");
+    let g = Gemm {
+        m: 4,
+        n: 4,
+        k: 4,
+        trans_a: false,
+        trans_b: false,
+    };
+    assert!(gemm(
+        &mut rec,
+        big.view(),
+        small.view(),
+        small.view(),
+        g,
+        1.0,
+        0.0
+    )
+    .is_ok());
+    let g = Gemm { k: 40, ..g };
+    assert!(gemm(&mut rec, big.view(), small.view(), big.view(), g, 1.0, 0.0).is_err());
+    rec.finish().unwrap();
+    // Not 2-D.
+    let t3 = TensorEntry::from_f32("three_d", vec![2, 2, 2], &[0.0; 8]).unwrap();
+    let e = GpuWeight::upload(&gpu, &t3).unwrap_err();
+    assert!(e.to_string().contains("three_d"), "{e}");
+}
+
+/// GFLOP/s of `linear_forward` at m = 1024, K = 576, N = 1536 (run with `--ignored`).
+#[test]
+#[ignore]
+fn bench_linear_forward() {
+    let gpu = gpu();
+    eprintln!("adapter: {}", gpu.describe());
+    let arena = Arena::new(&gpu);
+    let mut rng = Rng::new(8);
+    let (m, k, n) = (1024, 576, 1536);
+    let x = gpu.upload_f32("x", &rng.vec(m * k)).unwrap();
+    let y = gpu.zeros("y", m * n).unwrap();
+    let dx = gpu.zeros("dx", m * k).unwrap();
+    let reps = 5;
+    let flops = 2.0 * (m * k * n) as f64;
+    let time = |f: &dyn Fn(&mut Recorder<'_>)| {
+        let mut rec = Recorder::new(&gpu, &arena);
+        f(&mut rec);
+        rec.finish().unwrap();
+        gpu.sync().unwrap();
+        let t0 = std::time::Instant::now();
+        for _ in 0..reps {
+            let mut rec = Recorder::new(&gpu, &arena);
+            f(&mut rec);
+            rec.finish().unwrap();
+            gpu.sync().unwrap();
+        }
+        flops * reps as f64 / t0.elapsed().as_secs_f64() / 1e9
+    };
+    for dtype in [DType::Q4_1, DType::F32, DType::Q8_0, DType::Q4K, DType::Q6K] {
+        let t = random_tensor(&mut rng, "w", dtype, n, k.max(dtype.block_size()));
+        if t.shape[1] != k {
+            continue;
+        }
+        let w = GpuWeight::upload(&gpu, &t).unwrap();
+        let fwd = time(&|rec| linear_forward(rec, y.view(), x.view(), &w, None, m, false).unwrap());
+        let bwd =
+            time(&|rec| linear_backward_input(rec, dx.view(), y.view(), &w, m, false).unwrap());
+        eprintln!(
+            "{dtype}: linear_forward {fwd:.1} GFLOP/s, linear_backward_input {bwd:.1} GFLOP/s"
+        );
+    }
+    let a8 = gpu.zeros("a8", k * 8).unwrap();
+    let g = Gemm {
+        m,
+        n: 8,
+        k,
+        trans_a: false,
+        trans_b: false,
+    };
+    let gf = time(&|rec| gemm(rec, y.view(), x.view(), a8.view(), g, 1.0, 0.0).unwrap())
+        * (8.0 / n as f64);
+    let g2 = Gemm {
+        m: 8,
+        n: k,
+        k: m,
+        trans_a: true,
+        trans_b: false,
+    };
+    let gf2 = time(&|rec| gemm(rec, a8.view(), y.view(), x.view(), g2, 1.0, 0.0).unwrap())
+        * (8.0 / n as f64);
+    eprintln!(
+        "gemm [1024,576]x[576,8]: {gf:.1} GFLOP/s; [8,1024]x[1024,576] (trans_a): {gf2:.1} GFLOP/s"
+    );
+}
+
+/// TEMP experiment: time a forward kernel read from $EXP_WGSL (F32 weights, params as linear_forward).
+#[test]
+#[ignore]
+fn exp_kernel() {
+    let gpu = gpu();
+    let arena = Arena::new(&gpu);
+    let mut rng = Rng::new(8);
+    let (m, k, n) = (1024usize, 576usize, 1536usize);
+    let src = std::fs::read_to_string(std::env::var("EXP_WGSL").unwrap()).unwrap();
+    let defs = std::env::var("EXP_DEFS")
+        .unwrap_or_default()
+        .replace(';', ";\n");
+    let tm: usize = std::env::var("EXP_TM").unwrap().parse().unwrap();
+    let tn: usize = std::env::var("EXP_TN").unwrap().parse().unwrap();
+    let dt: DType = match std::env::var("EXP_DT").as_deref() {
+        Ok("q41") => DType::Q4_1,
+        Ok("q80") => DType::Q8_0,
+        _ => DType::F32,
+    };
+    let kern = gpu.kernel("exp", &src, &defs).unwrap();
+    let xv = rng.vec(m * k);
+    let x = gpu.upload_f32("x", &xv).unwrap();
+    let y = gpu.zeros("y", m * n).unwrap();
+    let t = random_tensor(&mut rng, "w", dt, n, k);
+    let wb = gpu.upload_bytes("w", t.data.as_slice()).unwrap();
+    let tiles_n = n.div_ceil(tn);
+    let tiles = m.div_ceil(tm) * tiles_n;
+    let (mut g, nx) = hone_gpu::recorder::grid(&gpu, tiles, 64).unwrap();
+    if let Ok(wg) = std::env::var("EXP_WG") {
+        let wg: usize = wg.parse().unwrap();
+        g = [n.div_ceil(wg * tn) as u32, m.div_ceil(tm) as u32, 1];
+    }
+    let rb = t.row_bytes() as u32;
+    let params = [
+        m as u32,
+        k as u32,
+        n as u32,
+        n as u32,
+        0,
+        rb,
+        tiles_n as u32,
+        nx,
+    ];
+    let run = || {
+        let mut rec = Recorder::new(&gpu, &arena);
+        rec.dispatch(
+            &kern,
+            &params,
+            &[y.view(), x.view(), wb.view(), x.view()],
+            g,
+        );
+        rec.finish().unwrap();
+        gpu.sync().unwrap();
+    };
+    run();
+    let got = gpu.read_f32_blocking(&y).unwrap();
+    let mut want = vec![0f32; m * n];
+    matmul_forward(&mut want, &xv, &Weight::from_entry(&t), None, m);
+    eprintln!("rel err {:e}", rel_err(&got, &want));
+    let reps = 3;
+    let t0 = std::time::Instant::now();
+    for _ in 0..reps {
+        run();
+    }
+    let s = t0.elapsed().as_secs_f64() / reps as f64;
+    eprintln!(
+        "{:.1} GFLOP/s ({:.1} ms)",
+        2.0 * (m * k * n) as f64 / s / 1e9,
+        s * 1e3
+    );
+}
