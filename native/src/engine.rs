@@ -94,6 +94,13 @@ pub fn open_engine(
             if let Some((b, s)) = req.plan {
                 e.plan(b, s)?;
             }
+            // Test seam: the device reports itself lost after this many micro-batches.
+            if let Some(n) = std::env::var("HONE_TEST_GPU_LOSE_AFTER")
+                .ok()
+                .and_then(|v| v.parse().ok())
+            {
+                e.lose_device_after(n);
+            }
             say(&format!(
                 "[hone] GPU engine on {desc}: planned GPU memory {}",
                 e.planned_bytes()

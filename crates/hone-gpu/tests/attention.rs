@@ -221,10 +221,22 @@ fn gpu_attention(
 
 #[test]
 fn attention_forward_and_backward_match_the_cpu() {
+    check_attention(None, 3);
+}
+
+#[test]
+fn attention_with_other_work_sizes_matches_the_cpu() {
+    // What a real GPU gets (64 invocations, one row each), and odd sizes.
+    check_attention(Some((64, 1, 8)), 7);
+    check_attention(Some((16, 3, 5)), 8);
+}
+
+fn check_attention(tiles: Option<(usize, usize, usize)>, seed: u64) {
+    attention::override_tiles(tiles);
     let gpu = gpu();
-    eprintln!("adapter: {}", gpu.describe());
+    eprintln!("adapter: {}, tiles {tiles:?}", gpu.describe());
     let arena = Arena::new(&gpu);
-    let mut rng = Rng(3);
+    let mut rng = Rng(seed);
     let shapes = [
         // (batch, seq, n_heads, n_kv_heads, head_dim)
         (1, 1, 1, 1, 4),
@@ -270,6 +282,7 @@ fn attention_forward_and_backward_match_the_cpu() {
         assert_close(&format!("dk {what}"), &dk, &wdk, 1e-4);
         assert_close(&format!("dv {what}"), &dv, &wdv, 1e-4);
     }
+    attention::override_tiles(None);
 }
 
 /// Naive f64 causal GQA attention, loss = sum(w * out).

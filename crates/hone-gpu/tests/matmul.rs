@@ -131,11 +131,14 @@ fn forward_backward_case(gpu: &Gpu, rng: &mut Rng, t: &TensorEntry, gw: &GpuWeig
     let dyb = gpu.upload_f32("dy", &dy).unwrap();
     for (with_bias, acc) in [(false, false), (true, false), (false, true), (true, true)] {
         let yb = gpu.upload_f32("y", &y0).unwrap();
+        let tt = std::time::Instant::now();
         let mut rec = Recorder::new(gpu, &arena);
         let b = with_bias.then(|| bb.view());
         linear_forward(&mut rec, yb.view(), xb.view(), gw, b, m, acc).unwrap();
         rec.finish().unwrap();
         let got = gpu.read_f32_blocking(&yb).unwrap();
+        eprintln!("  gpu fwd {:?}", tt.elapsed());
+        let tt = std::time::Instant::now();
         let mut want = vec![0f32; m * n];
         matmul_forward(&mut want, &x, &cw, with_bias.then_some(&bias[..]), m);
         if acc {
@@ -148,6 +151,7 @@ fn forward_backward_case(gpu: &Gpu, rng: &mut Rng, t: &TensorEntry, gw: &GpuWeig
             t.name, t.dtype
         );
         check(&what, &got, &want, k);
+        eprintln!("  cpu fwd {:?}", tt.elapsed());
 
         let dxb = gpu.upload_f32("dx", &dx0).unwrap();
         let mut rec = Recorder::new(gpu, &arena);
@@ -174,7 +178,9 @@ fn linear_forward_and_backward_every_type() {
         assert_eq!(gw.n_parts(), 1);
         assert!(gw.bytes() >= t.data.len() as u64);
         for m in [1, 37] {
+            let t0 = std::time::Instant::now();
             forward_backward_case(&gpu, &mut rng, &t, &gw, m);
+            eprintln!("{dtype} m={m}: {:?}", t0.elapsed());
         }
     }
 }
@@ -494,7 +500,9 @@ fn exp_kernel() {
         Ok("q80") => DType::Q8_0,
         _ => DType::F32,
     };
+    let tc = std::time::Instant::now();
     let kern = gpu.kernel("exp", &src, &defs).unwrap();
+    eprintln!("create: {:?}", tc.elapsed());
     let xv = rng.vec(m * k);
     let x = gpu.upload_f32("x", &xv).unwrap();
     let y = gpu.zeros("y", m * n).unwrap();
@@ -529,7 +537,9 @@ fn exp_kernel() {
         rec.finish().unwrap();
         gpu.sync().unwrap();
     };
+    let tc = std::time::Instant::now();
     run();
+    eprintln!("first run: {:?}", tc.elapsed());
     let got = gpu.read_f32_blocking(&y).unwrap();
     let mut want = vec![0f32; m * n];
     matmul_forward(&mut want, &xv, &Weight::from_entry(&t), None, m);
@@ -545,4 +555,38 @@ fn exp_kernel() {
         2.0 * (m * k * n) as f64 / s / 1e9,
         s * 1e3
     );
+}
+
+/// TEMP: first-call (compile) vs second-call times.
+#[test]
+#[ignore]
+fn exp_compile_times() {
+    let gpu = gpu();
+    let arena = Arena::new(&gpu);
+    let mut rng = Rng::new(9);
+    let (m, k, n) = (64, 256, 64);
+    let x = gpu.upload_f32("x", &rng.vec(m * k)).unwrap();
+    let y = gpu.zeros("y", m * n).unwrap();
+    let dx = gpu.zeros("dx", m * k).unwrap();
+    for dtype in [DType::F32, DType::Q4_1, DType::Q8_0] {
+        let t = random_tensor(&mut rng, "w", dtype, n, k);
+        let w = GpuWeight::upload(&gpu, &t).unwrap();
+        for pass in 0..2 {
+            let t0 = std::time::Instant::now();
+            let mut rec = Recorder::new(&gpu, &arena);
+            linear_forward(&mut rec, y.view(), x.view(), &w, None, m, false).unwrap();
+            rec.finish().unwrap();
+            gpu.sync().unwrap();
+            let t1 = std::time::Instant::now();
+            let mut rec = Recorder::new(&gpu, &arena);
+            linear_backward_input(&mut rec, dx.view(), y.view(), &w, m, false).unwrap();
+            rec.finish().unwrap();
+            gpu.sync().unwrap();
+            eprintln!(
+                "{dtype} pass {pass}: fwd {:?} bwd {:?}",
+                t1 - t0,
+                t1.elapsed()
+            );
+        }
+    }
 }

@@ -70,9 +70,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             let qo = qbase + i * qd;
             var s4: array<vec4<f32>, QR>;
             var t4: array<vec4<f32>, QR>;
+            var qr: array<vec4<f32>, NC>;       // Q_i and dO_i, loaded once
+            var dr: array<vec4<f32>, NC>;
             for (var c = 0u; c < NC; c++) {
                 let qc = ld_q(qo, c);
                 let dc = ld_do(qo, c);
+                qr[c] = qc;
+                dr[c] = dc;
                 for (var r = 0u; r < QR; r++) {
                     s4[r] += kv[r * NC + c] * qc;
                     t4[r] += vv[r * NC + c] * dc;
@@ -89,8 +93,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
                 ds[r] = pj[r] * (dp - di);
             }
             for (var c = 0u; c < NC; c++) {
-                let qc = ld_q(qo, c);
-                let dc = ld_do(qo, c);
+                let qc = qr[c];
+                let dc = dr[c];
                 for (var r = 0u; r < QR; r++) {
                     av[r * NC + c] += pj[r] * dc;
                     ak[r * NC + c] += ds[r] * qc;

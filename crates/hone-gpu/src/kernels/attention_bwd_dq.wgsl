@@ -80,8 +80,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         let ko = kbase + j * kvd;
         var s4: array<vec4<f32>, QR>;
         var t4: array<vec4<f32>, QR>;
+        var kr: array<vec4<f32>, NC>;           // K_j, loaded once
         for (var c = 0u; c < NC; c++) {
             let kc = ld_k(ko, c);
+            kr[c] = kc;
             let vc = ld_v(ko, c);
             for (var r = 0u; r < QR; r++) {
                 s4[r] += qv[r * NC + c] * kc;
@@ -96,7 +98,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             ds[r] = pj * (dp - dd[r]);
         }
         for (var c = 0u; c < NC; c++) {
-            let kc = ld_k(ko, c);
+            let kc = kr[c];
             for (var r = 0u; r < QR; r++) { acc[r * NC + c] += ds[r] * kc; }
         }
     }

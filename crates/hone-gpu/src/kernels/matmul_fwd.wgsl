@@ -1,8 +1,9 @@
-// y[r, col0 + c] (=, or += when ACC) sum_k x[r, k] * W[c, k] (+ bias[col0 + c] when BIAS) for
-// the rows c < n of one part of a weight, W in its stored type (matmul_dtype.wgsl).
+// y[r, col0 + c] (=, or += when flags bit 0) sum_k x[r, k] * W[c, k] (+ bias[col0 + c] when
+// flags bit 1) for the rows c < n of one part of a weight, W in its stored type
+// (matmul_dtype.wgsl).
 // Register-blocked: each invocation computes a TM x TN block of y straight from storage; the
 // block's code is unrolled into named variables by ops/matmul.rs at the body marker below.
-// Specialisation (defs): DT, QUANT, TM, TN, WG, ACC, BIAS.
+// Specialisation (defs): DT, QUANT, TM, TN, WG.
 struct Params {
     m: u32,
     k: u32,
@@ -15,6 +16,8 @@ struct Params {
     rb: u32,
     tiles_n: u32,
     nx: u32,
+    // Bit 0: add to y; bit 1: add the bias.
+    flags: u32,
 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> y: array<f32>;
@@ -32,5 +35,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (m0 >= p.m) {
         return;
     }
+    let acc_on = (p.flags & 1u) != 0u;
+    let bias_on = (p.flags & 2u) != 0u;
 //@BODY
 }

@@ -32,39 +32,54 @@ pub struct AttnShape {
     pub head_dim: usize,
 }
 
-/// Work sizes: query (key) rows per workgroup, keys per online-softmax block, and the
-/// invocations that split the keys of one decode query.
+/// Work sizes: invocations per workgroup and query (key) rows per invocation, keys per
+/// online-softmax block, and the invocations that split the keys of one decode query.
 #[derive(Clone, Copy, Debug)]
 struct Tiles {
     rows: usize,
-    /// Query rows per invocation in the forward.
     qr: usize,
     key_block: usize,
     decode: usize,
 }
 
+thread_local! {
+    static TILES: std::cell::Cell<Option<(usize, usize, usize)>> = const { std::cell::Cell::new(None) };
+}
+
+/// Test seam: on this thread, use `rows` invocations per workgroup, `qr` rows per invocation
+/// and `key_block` keys per softmax block instead of the adapter's choice (`None` restores it),
+/// so the sizes another kind of adapter would use can be checked here.
+#[doc(hidden)]
+pub fn override_tiles(t: Option<(usize, usize, usize)>) {
+    TILES.with(|c| c.set(t));
+}
+
 fn tiles(rec: &Recorder<'_>, head_dim: usize) -> Tiles {
     let gpu = rec.gpu();
-    let rows = if gpu.is_software() { 32 } else { 64 };
+    // lavapipe runs 8 invocations as one SIMD loop and gathers every storage load made inside
+    // a loop, so there each invocation takes several rows (every loaded key/query row is used
+    // `qr` times) in small workgroups; real GPUs want many threads with few registers each.
+    let (rows, qr) = if gpu.is_software() {
+        (8, (512 / head_dim.max(1)).clamp(1, 8))
+    } else {
+        (64, if head_dim <= 32 { 2 } else { 1 })
+    };
     // Decode keeps (head_dim + 2) floats per invocation in workgroup memory.
     let wg_mem = (gpu.limits().max_compute_workgroup_storage_size as usize).clamp(4096, 16384);
     let mut decode = 64;
     while decode > 1 && decode * (head_dim + 2) * 4 > wg_mem {
         decode /= 2;
     }
-    let mut t = Tiles {
+    let (rows, qr, key_block) = TILES
+        .with(|c| c.get())
+        .map(|(r, q, k)| (r.clamp(1, 256), q.clamp(1, 16), k.clamp(1, 64)))
+        .unwrap_or((rows, qr, 8));
+    Tiles {
         rows,
-        qr: 4,
-        key_block: 8,
+        qr,
+        key_block,
         decode,
-    };
-    if let Ok(e) = std::env::var("HONE_ATT_TILES") {
-        let v: Vec<usize> = e.split(',').map(|x| x.parse().unwrap()).collect();
-        t.rows = v[0];
-        t.qr = v[1];
-        t.key_block = v[2];
     }
-    t
 }
 
 fn err(msg: String) -> Error {

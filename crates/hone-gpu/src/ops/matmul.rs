@@ -46,23 +46,27 @@ fn fit(tile: usize, n: usize) -> usize {
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum Body {
-    Fwd,
-    Bwd,
+    /// linear_forward; whether the weight is block-quantized.
+    Fwd(bool),
+    /// linear_backward_input; whether the weight is block-quantized.
+    Bwd(bool),
     Gemm,
 }
 
-/// The source of a kernel for a tile: its template with the unrolled block at `//@BODY` and
-/// the weight readers appended. A function of the tile sizes, which the defs carry (so the
-/// kernel cache's key covers it); generated once per tile.
+/// The source of a kernel for a tile: its template with the unrolled block in place of the
+/// `//@BODY` line and the weight readers appended. A function of the tile sizes and of
+/// whether the type is quantized, which the defs carry (so the kernel cache's key covers
+/// them); generated once.
 fn source(body: Body, a: usize, b: usize) -> Arc<str> {
-    static SOURCES: Mutex<Vec<((Body, usize, usize), Arc<str>)>> = Mutex::new(Vec::new());
+    type Cache = Vec<((Body, usize, usize), Arc<str>)>;
+    static SOURCES: Mutex<Cache> = Mutex::new(Vec::new());
     let mut cache = SOURCES.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((_, s)) = cache.iter().find(|(k, _)| *k == (body, a, b)) {
         return s.clone();
     }
     let (template, code, dtype) = match body {
-        Body::Fwd => (FWD_SRC, fwd_body(a, b), true),
-        Body::Bwd => (BWD_SRC, bwd_body(a, b), true),
+        Body::Fwd(q) => (FWD_SRC, fwd_body(a, b, q), true),
+        Body::Bwd(q) => (BWD_SRC, bwd_body(a, b, q), true),
         Body::Gemm => (GEMM_SRC, gemm_body(a, b), false),
     };
     let mut s = template.replace("//@BODY", &code);
@@ -74,81 +78,89 @@ fn source(body: Body, a: usize, b: usize) -> Arc<str> {
     s
 }
 
-/// Lines `f(i)` for `i < n`.
-fn lines(n: usize, f: impl Fn(usize) -> String) -> String {
-    (0..n).map(f).collect()
+/// Appends `f(i)` for `i < n` to `s`.
+fn each(s: &mut String, n: usize, f: impl Fn(usize) -> String) {
+    for i in 0..n {
+        s.push_str(&f(i));
+    }
 }
 
-/// Body of matmul_fwd.wgsl for a `tm x tn` tile.
-fn fwd_body(tm: usize, tn: usize) -> String {
-    let x4 = |i: usize, off: usize| {
-        format!(
-            "vec4<f32>(x[xr{i} + kk + {a}u], x[xr{i} + kk + {b}u], x[xr{i} + kk + {c}u], x[xr{i} + kk + {d}u])",
-            a = off,
-            b = off + 1,
-            c = off + 2,
-            d = off + 3
-        )
-    };
+/// `vec4<f32>` of x[xr{i} + kk + off ..+ 4].
+fn x4(i: usize, off: usize) -> String {
+    let e = |d: usize| format!("x[xr{i} + kk + {}u]", off + d);
+    format!("vec4<f32>({}, {}, {}, {})", e(0), e(1), e(2), e(3))
+}
+
+/// Body of matmul_fwd.wgsl for a `tm x tn` tile: accumulators `a{i}_{j}` (row i of x, row j
+/// of the weight part).
+fn fwd_body(tm: usize, tn: usize, quant: bool) -> String {
     let mut s = String::new();
-    s += &lines(tm, |i| {
+    let stride = if quant { "p.rb" } else { "p.k" };
+    each(&mut s, tm, |i| {
         format!("    let xr{i} = min(m0 + {i}u, p.m - 1u) * p.k;\n")
     });
-    s += &lines(tn, |j| {
-        format!("    let wr{j} = min(n0 + {j}u, p.n - 1u) * select(p.k, p.rb, QUANT);\n")
+    each(&mut s, tn, |j| {
+        format!("    let wr{j} = min(n0 + {j}u, p.n - 1u) * {stride};\n")
     });
     for i in 0..tm {
-        s += &lines(tn, |j| format!("    var a{i}_{j} = 0.0;\n"));
+        each(&mut s, tn, |j| format!("    var a{i}_{j} = 0.0;\n"));
     }
-    s += "    if (QUANT) {\n        let nb = p.k / 32u;\n        for (var b = 0u; b < nb; b++) {\n";
-    s += &lines(tn, |j| {
-        format!("            let bp{j} = bparams(wr{j}, b);\n")
-    });
-    s +=
-        "            for (var s = 0u; s < 4u; s++) {\n                let kk = b * 32u + 4u * s;\n";
-    s += &lines(tm, |i| {
-        format!(
-            "                let xl{i} = {};\n                let xh{i} = {};\n",
-            x4(i, 0),
-            x4(i, 16)
-        )
-    });
-    for j in 0..tn {
-        s += &format!(
-            "                {{\n                    let w = wpair(wr{j}, b, s, bp{j});\n"
-        );
-        s += &lines(tm, |i| {
-            format!("                    a{i}_{j} += dot(xl{i}, w[0]) + dot(xh{i}, w[1]);\n")
+    if quant {
+        // Blocks of 32 values; each step takes values 4s..4s+4 and 16+4s..16+4s+4.
+        s += "    let nb = p.k / 32u;\n    for (var b = 0u; b < nb; b++) {\n";
+        each(&mut s, tn, |j| {
+            format!("        let bp{j} = bparams(wr{j}, b);\n")
         });
-        s += "                }\n";
-    }
-    s += "            }\n        }\n    } else {\n        let k4 = p.k & ~3u;\n";
-    s += "        for (var kk = 0u; kk < k4; kk += 4u) {\n";
-    s += &lines(tm, |i| format!("            let x{i} = {};\n", x4(i, 0)));
-    for j in 0..tn {
-        s += &format!(
-            "            {{\n                let e = wr{j} + kk;\n                let w = vec4<f32>(wf(e), wf(e + 1u), wf(e + 2u), wf(e + 3u));\n"
-        );
-        s += &lines(tm, |i| {
-            format!("                a{i}_{j} += dot(x{i}, w);\n")
+        s += "        for (var s = 0u; s < 4u; s++) {\n            let kk = b * 32u + 4u * s;\n";
+        each(&mut s, tm, |i| {
+            format!(
+                "            let xl{i} = {};\n            let xh{i} = {};\n",
+                x4(i, 0),
+                x4(i, 16)
+            )
         });
-        s += "            }\n";
+        for j in 0..tn {
+            s += &format!("            {{\n                let w = wpair(wr{j}, b, s, bp{j});\n");
+            each(&mut s, tm, |i| {
+                format!("                a{i}_{j} += dot(xl{i}, w[0]) + dot(xh{i}, w[1]);\n")
+            });
+            s += "            }\n";
+        }
+        s += "        }\n    }\n";
+    } else {
+        s += "    let k4 = p.k & ~3u;\n    for (var kk = 0u; kk < k4; kk += 4u) {\n";
+        each(&mut s, tm, |i| {
+            format!("        let x{i} = {};\n", x4(i, 0))
+        });
+        for j in 0..tn {
+            s += &format!(
+                "        {{\n            let e = wr{j} + kk;\n            let w = vec4<f32>(wf(e), wf(e + 1u), wf(e + 2u), wf(e + 3u));\n"
+            );
+            each(&mut s, tm, |i| {
+                format!("            a{i}_{j} += dot(x{i}, w);\n")
+            });
+            s += "        }\n";
+        }
+        s += "    }\n    for (var kk = k4; kk < p.k; kk++) {\n";
+        each(&mut s, tm, |i| {
+            format!("        let x{i} = x[xr{i} + kk];\n")
+        });
+        for j in 0..tn {
+            s += &format!("        {{\n            let w = wf(wr{j} + kk);\n");
+            each(&mut s, tm, |i| {
+                format!("            a{i}_{j} += x{i} * w;\n")
+            });
+            s += "        }\n";
+        }
+        s += "    }\n";
     }
-    s += "        }\n        for (var kk = k4; kk < p.k; kk++) {\n";
-    s += &lines(tm, |i| format!("            let x{i} = x[xr{i} + kk];\n"));
-    for j in 0..tn {
-        s += &format!("            {{\n                let w = wf(wr{j} + kk);\n");
-        s += &lines(tm, |i| format!("                a{i}_{j} += x{i} * w;\n"));
-        s += "            }\n";
-    }
-    s += "        }\n    }\n";
     for i in 0..tm {
         s += &format!(
             "    if (m0 + {i}u < p.m) {{\n        let yo = (m0 + {i}u) * p.ldy + p.col0 + n0;\n"
         );
-        s += &lines(tn, |j| {
+        each(&mut s, tn, |j| {
             format!(
-                "        if (n0 + {j}u < p.n) {{\n            var v = a{i}_{j};\n            if (BIAS) {{ v += bias[p.col0 + n0 + {j}u]; }}\n            if (ACC) {{ v += y[yo + {j}u]; }}\n            y[yo + {j}u] = v;\n        }}\n"
+                "        if (n0 + {j}u < p.n) {{\n            var v = a{i}_{j};\n            if (bias_on) {{ v += bias[p.col0 + n0 + {j}u]; }}\n            if (acc_on) {{ v += y[yo + {j}u]; }}\n            y[yo + {j}u] = v;\n        }}\n"
             )
         });
         s += "    }\n";
@@ -156,59 +168,63 @@ fn fwd_body(tm: usize, tn: usize) -> String {
     s
 }
 
-/// Body of matmul_bwd.wgsl for a tile of `tm` rows x `4 * tkv` columns.
-fn bwd_body(tm: usize, tkv: usize) -> String {
+/// Body of matmul_bwd.wgsl for a tile of `tm` rows x `4 * tkv` columns: accumulators
+/// `a{i}_{v}` (row i, columns 4v..4v+4).
+fn bwd_body(tm: usize, tkv: usize, quant: bool) -> String {
     let tk = 4 * tkv;
     let mut s = String::new();
-    s += &lines(tm, |i| {
+    each(&mut s, tm, |i| {
         format!("    let yr{i} = min(m0 + {i}u, p.m - 1u) * p.ldy + p.col0;\n")
     });
     for i in 0..tm {
-        s += &lines(tkv, |v| format!("    var a{i}_{v} = vec4<f32>(0.0);\n"));
-    }
-    let update = |s: &mut String| {
-        for i in 0..tm {
-            *s += &format!("            let d{i} = dy[yr{i} + n];\n");
-            *s += &lines(tkv, |v| format!("            a{i}_{v} += d{i} * w{v};\n"));
-        }
-    };
-    s += "    if (QUANT) {\n        let b = k0 / 32u;\n        let t0 = (k0 & 31u) / 4u;\n";
-    s += "        for (var n = 0u; n < p.n; n++) {\n            let rb = n * p.rb;\n            let bp = bparams(rb, b);\n";
-    if tkv == 8 {
-        for q in 0..4 {
-            s += &format!(
-                "            let wp{q} = wpair(rb, b, {q}u, bp);\n            let w{q} = wp{q}[0];\n            let w{} = wp{q}[1];\n",
-                q + 4
-            );
-        }
-    } else {
-        s += &lines(tkv, |v| {
-            format!("            let w{v} = wv(rb, b, t0 + {v}u, bp);\n")
+        each(&mut s, tkv, |v| {
+            format!("    var a{i}_{v} = vec4<f32>(0.0);\n")
         });
     }
-    update(&mut s);
-    s += "        }\n    } else {\n";
-    // Columns past k read the last one and are not stored.
-    s += &lines(tk, |c| {
-        format!("        let kc{c} = min(k0 + {c}u, p.k - 1u);\n")
-    });
-    s += "        for (var n = 0u; n < p.n; n++) {\n            let e = n * p.k;\n";
-    s += &lines(tkv, |v| {
-        let c = 4 * v;
-        format!(
-            "            let w{v} = vec4<f32>(wf(e + kc{c}), wf(e + kc{}), wf(e + kc{}), wf(e + kc{}));\n",
-            c + 1,
-            c + 2,
-            c + 3
-        )
-    });
-    update(&mut s);
-    s += "        }\n    }\n";
+    if quant {
+        s += "    let b = k0 / 32u;\n    let t0 = (k0 & 31u) / 4u;\n";
+        s += "    for (var n = 0u; n < p.n; n++) {\n        let rb = n * p.rb;\n        let bp = bparams(rb, b);\n";
+        if tkv == 8 {
+            // The whole block: nibble pairs read once.
+            for q in 0..4 {
+                s += &format!(
+                    "        let wp{q} = wpair(rb, b, {q}u, bp);\n        let w{q} = wp{q}[0];\n        let w{} = wp{q}[1];\n",
+                    q + 4
+                );
+            }
+        } else {
+            each(&mut s, tkv, |v| {
+                format!("        let w{v} = wv(rb, b, t0 + {v}u, bp);\n")
+            });
+        }
+    } else {
+        // Columns past k read the last one and are not stored.
+        each(&mut s, tk, |c| {
+            format!("    let kc{c} = min(k0 + {c}u, p.k - 1u);\n")
+        });
+        s += "    for (var n = 0u; n < p.n; n++) {\n        let e = n * p.k;\n";
+        each(&mut s, tkv, |v| {
+            let c = 4 * v;
+            format!(
+                "        let w{v} = vec4<f32>(wf(e + kc{c}), wf(e + kc{}), wf(e + kc{}), wf(e + kc{}));\n",
+                c + 1,
+                c + 2,
+                c + 3
+            )
+        });
+    }
+    for i in 0..tm {
+        s += &format!("        let d{i} = dy[yr{i} + n];\n");
+        each(&mut s, tkv, |v| {
+            format!("        a{i}_{v} += d{i} * w{v};\n")
+        });
+    }
+    s += "    }\n";
     for i in 0..tm {
         s += &format!("    if (m0 + {i}u < p.m) {{\n        let o = (m0 + {i}u) * p.k + k0;\n");
-        s += &lines(tk, |c| {
+        each(&mut s, tk, |c| {
             format!(
-                "        if (k0 + {c}u < p.k) {{\n            var v = a{i}_{}[{}];\n            if (ACC) {{ v += dx[o + {c}u]; }}\n            dx[o + {c}u] = v;\n        }}\n",
+                "        if (k0 + {c}u < p.k) {{\n            var v = a{i}_{}[{}];\n            if (acc_on) {{ v += dx[o + {c}u]; }}\n            dx[o + {c}u] = v;\n        }}\n",
                 c / 4,
                 c % 4
             )
@@ -218,31 +234,39 @@ fn bwd_body(tm: usize, tkv: usize) -> String {
     s
 }
 
-/// Body of matmul_gemm.wgsl for a `tm x tn` tile.
+/// Body of matmul_gemm.wgsl for a `tm x tn` tile: accumulators `c{i}_{j}`.
 fn gemm_body(tm: usize, tn: usize) -> String {
     let mut s = String::new();
-    // Element (i, q) of op(A) is A[ai + q * sa], element (q, j) of op(B) is B[bj + q * sb].
-    s += &lines(tm, |i| {
-        format!("    let ai{i} = select(min(m0 + {i}u, p.m - 1u) * p.k, min(m0 + {i}u, p.m - 1u), TA);\n")
+    // Element (i, q) of op(A) is A[ai{i} + q * sa], element (q, j) of op(B) is B[bj{j} + q * sb].
+    each(&mut s, tm, |i| {
+        format!(
+            "    let ai{i} = select(min(m0 + {i}u, p.m - 1u) * p.k, min(m0 + {i}u, p.m - 1u), TA);\n"
+        )
     });
-    s += &lines(tn, |j| {
-        format!("    let bj{j} = select(min(n0 + {j}u, p.n - 1u), min(n0 + {j}u, p.n - 1u) * p.k, TB);\n")
+    each(&mut s, tn, |j| {
+        format!(
+            "    let bj{j} = select(min(n0 + {j}u, p.n - 1u), min(n0 + {j}u, p.n - 1u) * p.k, TB);\n"
+        )
     });
     s += "    let sa = select(1u, p.m, TA);\n    let sb = select(p.n, 1u, TB);\n";
     for i in 0..tm {
-        s += &lines(tn, |j| format!("    var c{i}_{j} = 0.0;\n"));
+        each(&mut s, tn, |j| format!("    var c{i}_{j} = 0.0;\n"));
     }
     s += "    for (var q = 0u; q < p.k; q++) {\n        let ao = q * sa;\n        let bo = q * sb;\n";
-    s += &lines(tm, |i| format!("        let a{i} = A[ai{i} + ao];\n"));
+    each(&mut s, tm, |i| {
+        format!("        let a{i} = A[ai{i} + ao];\n")
+    });
     for j in 0..tn {
         s += &format!("        {{\n            let b = B[bj{j} + bo];\n");
-        s += &lines(tm, |i| format!("            c{i}_{j} += a{i} * b;\n"));
+        each(&mut s, tm, |i| {
+            format!("            c{i}_{j} += a{i} * b;\n")
+        });
         s += "        }\n";
     }
     s += "    }\n";
     for i in 0..tm {
         s += &format!("    if (m0 + {i}u < p.m) {{\n        let o = (m0 + {i}u) * p.n + n0;\n");
-        s += &lines(tn, |j| {
+        each(&mut s, tn, |j| {
             format!(
                 "        if (n0 + {j}u < p.n) {{\n            var v = p.alpha * c{i}_{j};\n            if (p.beta != 0.0) {{ v += p.beta * C[o + {j}u]; }}\n            C[o + {j}u] = v;\n        }}\n"
             )
@@ -461,11 +485,14 @@ pub fn linear_forward(
     };
     let tm = fit(tm, m);
     let defs = format!(
-        "{}const TM: u32 = {tm}u;\nconst TN: u32 = {tn}u;\nconst ACC: bool = {accumulate};\nconst BIAS: bool = {};\n",
-        w.dtype_defs(),
-        bias.is_some()
+        "{}const TM: u32 = {tm}u;\nconst TN: u32 = {tn}u;\n",
+        w.dtype_defs()
     );
-    let kern = gpu.kernel("linear_forward", &source(Body::Fwd, tm, tn), &defs)?;
+    let kern = gpu.kernel(
+        "linear_forward",
+        &source(Body::Fwd(w.dtype.is_quantized()), tm, tn),
+        &defs,
+    )?;
     let rb = w.row_bytes() as u32;
     let tiles_m = m.div_ceil(tm);
     for part in &w.parts {
@@ -480,6 +507,7 @@ pub fn linear_forward(
             rb,
             tiles_n as u32,
             nx,
+            accumulate as u32 | (bias.is_some() as u32) << 1,
         ];
         // Without a bias, x stands in for the (unread) bias binding.
         let b = bias.unwrap_or(x);
@@ -516,14 +544,15 @@ pub fn linear_backward_input(
     let tiles = m.div_ceil(tm) * k.div_ceil(tk);
     let (g, nx) = grid(gpu, tiles, WG)?;
     let rb = w.row_bytes() as u32;
+    let defs = format!(
+        "{}const TM: u32 = {tm}u;\nconst TKV: u32 = {tkv}u;\n",
+        w.dtype_defs()
+    );
+    let src = source(Body::Bwd(w.dtype.is_quantized()), tm, tkv);
+    let kern = gpu.kernel("linear_backward_input", &src, &defs)?;
     for (i, part) in w.parts.iter().enumerate() {
         // Parts after the first add to what the first wrote.
         let acc = accumulate || i > 0;
-        let defs = format!(
-            "{}const TM: u32 = {tm}u;\nconst TKV: u32 = {tkv}u;\nconst ACC: bool = {acc};\n",
-            w.dtype_defs()
-        );
-        let kern = gpu.kernel("linear_backward_input", &source(Body::Bwd, tm, tkv), &defs)?;
         let params = [
             m as u32,
             k as u32,
@@ -533,6 +562,7 @@ pub fn linear_backward_input(
             rb,
             k.div_ceil(tk) as u32,
             nx,
+            acc as u32,
         ];
         rec.dispatch(&kern, &params, &[dx, dy, part.buf.view()], g);
     }
