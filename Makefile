@@ -54,9 +54,9 @@ test: setup models pyenv lint test-rust test-wasm
 test-rust:
 	cargo test --workspace --release
 
-# hone-core and hone-cpu must build for the browser.
+# hone-core, hone-cpu and hone-gpu (WebGPU through wgpu) must build for the browser.
 test-wasm: setup
-	cargo build --release --target wasm32-unknown-unknown -p hone-core -p hone-cpu
+	cargo build --release --target wasm32-unknown-unknown -p hone-core -p hone-cpu -p hone-gpu
 
 # Fine-tune SmolLM2-135M-Instruct on the polarity sentences (examples/polarity.yaml) and show
 # held-out accuracy and generations before and after (scripts/demo.sh).

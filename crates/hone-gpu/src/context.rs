@@ -198,6 +198,10 @@ impl Gpu {
             return Ok(k.clone());
         }
         let code = format!("{defs}\n{source}");
+        // Natively a shader error is caught here, with the kernel's name; in the browser the
+        // scope cannot be awaited synchronously, so errors arrive through the uncaptured-error
+        // handler and surface at the next `check`.
+        #[cfg(not(target_arch = "wasm32"))]
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = self
             .device
@@ -215,6 +219,7 @@ impl Gpu {
                 compilation_options: Default::default(),
                 cache: None,
             });
+        #[cfg(not(target_arch = "wasm32"))]
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Gpu(format!("kernel {name}: {e}")));
         }
@@ -294,8 +299,7 @@ async fn pick_adapter(
         return instance
             .request_adapter(&wgpu::RequestAdapterOptions {
                 power_preference: wgpu::PowerPreference::HighPerformance,
-                force_fallback_adapter: false,
-                compatible_surface: None,
+                ..Default::default()
             })
             .await
             .map_err(|e| Error::Gpu(format!("no WebGPU adapter: {e}")));
