@@ -90,6 +90,35 @@ Prompt = 128 tokens, decode = 64 tokens greedy, best of 3; \`make bench\` append
 |---|---|---|---|---|---|---|---|" "$rows"
 echo "appended 2 inference rows to BENCHMARKS.md"
 
+# ---- 1b. the GPU engine (wgpu) next to the CPU engine ---------------------------------------
+# On a machine without a GPU the adapter is lavapipe (Vulkan emulated on the CPU): the row shows
+# what the kernels reach there, not GPU speed. BENCH_GPU_STEPS timed steps (default 2).
+GPU_STEPS=${BENCH_GPU_STEPS:-2}
+gcommon="--batch 4 --seq 256 --lora_r 8 --lora_alpha 16 --target_modules all-linear --warmup 1 --steps $GPU_STEPS"
+wait_quiet
+# shellcheck disable=SC2086
+gj=$("$HONE" bench-train -m "$GGUF" $gcommon --device gpu | tail -n 1)
+echo "$gj" | tee -a "$LOG"
+wait_quiet
+# shellcheck disable=SC2086
+cj=$("$HONE" bench-train -m "$GGUF" $gcommon --device cpu | tail -n 1)
+echo "$cj" | tee -a "$LOG"
+grow=$(GJ="$gj" CJ="$cj" DATE="$date" MACHINE="$cpu, $cores cores" python3 -c '
+import json, os
+g, c = json.loads(os.environ["GJ"]), json.loads(os.environ["CJ"])
+cells = [os.environ["DATE"], os.environ["MACHINE"], g["device"], "4 x 256", g["tok_s"], g["s_step"],
+         g["gpu_planned_mib"], c["tok_s"], "%.2fx" % (g["tok_s"] / c["tok_s"])]
+print("| " + " | ".join(str(x) for x in cells) + " |")')
+add_to_section "## GPU engine (wgpu): LoRA training on SmolLM2-135M-Instruct Q4_1" "
+LoRA r 8, alpha 16, all seven projections, batch 4 x 256, 1 warm-up + N timed steps, next to the CPU
+engine (2 threads) on the same machine in the same run. Planned GPU memory = frozen weights (kept
+quantized) + LoRA/AdamW state + every planned activation. Command:
+\`hone bench-train -m SmolLM2-135M-Instruct.Q4_1.gguf $gcommon --device gpu|cpu\`
+
+| date | machine | adapter | batch | GPU tok/s | s/step | planned GPU MiB | CPU engine tok/s | GPU / CPU |
+|---|---|---|---|---|---|---|---|---|" "$grow"
+echo "appended a GPU engine row to BENCHMARKS.md"
+
 if [[ -z "$HF_DIR" || -z "$PEFT_PYTHON" ]]; then
   echo "no HF folder / PEFT python given: LoRA training rows skipped"
   exit 0
