@@ -2,6 +2,8 @@
 //! software one such as lavapipe included, with a warning); `auto` takes a hardware GPU when
 //! there is one and falls back to the CPU otherwise, saying why. The chosen device is printed.
 
+use std::sync::Arc;
+
 use anyhow::{bail, Result};
 use hone_core::engine::{
     AdamW, Engine, LoraSetup, LossSum, MicroBatch, NamedTensor, OptimizerState, StepStats,
@@ -14,7 +16,7 @@ use hone_gpu::{AdapterChoice, Gpu, GpuOptions};
 /// The CPU or the GPU training engine.
 #[derive(Debug)]
 pub enum AnyEngine {
-    Cpu(CpuEngine),
+    Cpu(Box<CpuEngine>),
     Gpu(Box<GpuEngine>),
 }
 
@@ -38,7 +40,7 @@ pub fn check_device(device: &str) -> Result<()> {
 
 /// The GPU `device` asks for: `None` for the CPU (asked for, or `auto` without a hardware
 /// GPU, which is said).
-pub fn open_gpu(device: &str, say: &dyn Fn(&str)) -> Result<Option<Gpu>> {
+pub fn open_gpu(device: &str, say: &dyn Fn(&str)) -> Result<Option<Arc<Gpu>>> {
     check_device(device)?;
     Ok(match device {
         "cpu" => None,
@@ -54,7 +56,7 @@ pub fn open_gpu(device: &str, say: &dyn Fn(&str)) -> Result<Option<Gpu>> {
                     gpu.describe()
                 ));
             }
-            Some(gpu)
+            Some(Arc::new(gpu))
         }
         _ => match Gpu::new_blocking(&GpuOptions {
             adapter: AdapterChoice::Hardware,
@@ -62,7 +64,7 @@ pub fn open_gpu(device: &str, say: &dyn Fn(&str)) -> Result<Option<Gpu>> {
         }) {
             Ok(gpu) => {
                 say(&format!("[hone] device auto: {}", gpu.describe()));
-                Some(gpu)
+                Some(Arc::new(gpu))
             }
             Err(e) => {
                 say(&format!("[hone] device auto: {e}; using the CPU"));
@@ -83,7 +85,9 @@ pub fn open_engine(
 ) -> Result<AnyEngine> {
     let gpu = open_gpu(req.device, say)?;
     Ok(match gpu {
-        None => AnyEngine::Cpu(CpuEngine::new(spec, weights, setup, adamw, req.cpu)?),
+        None => AnyEngine::Cpu(Box::new(CpuEngine::new(
+            spec, weights, setup, adamw, req.cpu,
+        )?)),
         Some(gpu) => {
             if req.cpu.gradient_checkpointing {
                 say("[hone] warning: gradient_checkpointing is not implemented by the GPU engine yet: every layer's activations are kept");

@@ -103,7 +103,10 @@ fn finetune_args<'a>(s: &'a Setup, out: &'a str, extra: &[&'a str]) -> Vec<&'a s
 }
 
 /// (step, train loss) and (step, eval loss) of metrics.jsonl.
-fn losses(out: &Path) -> (Vec<(u64, f64)>, Vec<(u64, f64)>) {
+/// (step, loss) pairs.
+type Curve = Vec<(u64, f64)>;
+
+fn losses(out: &Path) -> (Curve, Curve) {
     let text = std::fs::read_to_string(out.join("logs/metrics.jsonl")).unwrap();
     let (mut train, mut eval) = (Vec::new(), Vec::new());
     for line in text.lines() {
@@ -221,7 +224,7 @@ fn a_lost_device_stops_the_run_and_the_last_checkpoint_survives() {
     assert!(stderr.contains("device was lost"), "{stderr}");
     assert!(stderr.contains("last good checkpoint"), "{stderr}");
     assert!(stderr.contains("checkpoint-4"), "{stderr}");
-    let ck = Checkpoint::load(&out.join("checkpoints/checkpoint-4")).unwrap();
+    let ck = Checkpoint::load(out.join("checkpoints/checkpoint-4")).unwrap();
     assert_eq!(ck.step, 4);
     let _ = std::fs::remove_dir_all(&s.dir);
 }

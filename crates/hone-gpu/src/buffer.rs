@@ -49,7 +49,7 @@ impl GBuf {
         let offset = start as u64 * 4;
         let size = len as u64 * 4;
         assert!(
-            offset % VIEW_ALIGN == 0,
+            offset.is_multiple_of(VIEW_ALIGN),
             "view offset {start} is not a multiple of {VIEW_ALIGN_F32} elements"
         );
         assert!(
@@ -134,7 +134,7 @@ impl Gpu {
         if bytes.is_empty() {
             return;
         }
-        if bytes.len() % 4 == 0 {
+        if bytes.len().is_multiple_of(4) {
             self.queue.write_buffer(&b.buf, offset, bytes);
         } else {
             let mut v = bytes.to_vec();

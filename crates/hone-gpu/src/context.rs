@@ -117,10 +117,12 @@ impl Gpu {
         limits.max_compute_workgroup_size_y = al.max_compute_workgroup_size_y;
         limits.max_compute_workgroups_per_dimension = al.max_compute_workgroups_per_dimension;
         limits.max_bind_groups = al.max_bind_groups.min(4);
-        let mut dd = wgpu::DeviceDescriptor::default();
-        dd.label = Some("hone");
-        dd.required_features = features;
-        dd.required_limits = limits.clone();
+        let dd = wgpu::DeviceDescriptor {
+            label: Some("hone"),
+            required_features: features,
+            required_limits: limits.clone(),
+            ..Default::default()
+        };
         let (device, queue) = adapter
             .request_device(&dd)
             .await
@@ -186,7 +188,7 @@ impl Gpu {
 
     /// The largest storage binding, in bytes.
     pub fn max_binding(&self) -> u64 {
-        self.limits.max_storage_buffer_binding_size as u64
+        self.limits.max_storage_buffer_binding_size
     }
 
     /// The kernel `entry` of WGSL `source`, compiled once per (name, specialisation). `name`

@@ -11,6 +11,8 @@ use hone_core::engine::{
     proj_dims, AdamW, Engine, LoraSetup, LossSum, MicroBatch, NamedTensor, OptimizerState,
     StepStats, PROJ_PATHS,
 };
+use std::sync::Arc;
+
 use hone_core::{Error, ModelSpec, Result, WeightStore};
 
 use crate::buffer::{align_f32, GBuf};
@@ -161,7 +163,7 @@ struct Acts {
 
 /// The LoRA training engine on a GPU through wgpu.
 pub struct GpuEngine {
-    gpu: Gpu,
+    gpu: Arc<Gpu>,
     arena: Arena,
     base: Base,
     lora: Lora,
@@ -199,7 +201,7 @@ impl GpuEngine {
     /// An engine over `weights` (checked against `spec`) on `gpu`, training `lora` with `adamw`.
     /// The LoRA matrices start at zero (set their initial values with `set_params`).
     pub fn new(
-        gpu: Gpu,
+        gpu: Arc<Gpu>,
         spec: &ModelSpec,
         weights: &WeightStore,
         lora: LoraSetup,

@@ -3,6 +3,8 @@
 //! Each `forward_last` records the new tokens' forward (prompts longer than the planned chunk
 //! go in several passes) and reads back one row of logits.
 
+use std::sync::Arc;
+
 use hone_core::engine::{LoraSetup, NamedTensor};
 use hone_core::generate::CausalLm;
 use hone_core::{Error, ModelSpec, Result, WeightStore};
@@ -38,7 +40,7 @@ struct Scratch {
 
 /// A model on the GPU and one sequence's KV cache.
 pub struct GpuSession {
-    gpu: Gpu,
+    gpu: Arc<Gpu>,
     arena: Arena,
     base: Base,
     lora: Option<(Lora, GBuf)>,
@@ -64,7 +66,7 @@ impl GpuSession {
     /// A session of at most `max_len` positions (capped at the model's limit), with `adapter`
     /// (its setup and its A/B tensors by engine name) applied when given.
     pub fn new(
-        gpu: Gpu,
+        gpu: Arc<Gpu>,
         spec: &ModelSpec,
         weights: &WeightStore,
         adapter: Option<(&LoraSetup, &[NamedTensor])>,

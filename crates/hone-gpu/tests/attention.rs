@@ -556,3 +556,38 @@ fn attention_timing_of_the_real_shape() {
     cpu::attention_forward(&mut wout, &mut wlse, &c.q, &c.k, &c.v, cs);
     assert_close("out (real shape)", &read(&gpu, &ob, c.q.len()), &wout, 1e-5);
 }
+
+#[test]
+#[ignore]
+fn zz_compile_times() {
+    let gpu = gpu();
+    let srcs = [
+        ("fwd", include_str!("../src/kernels/attention_fwd.wgsl")),
+        ("dq", include_str!("../src/kernels/attention_bwd_dq.wgsl")),
+        ("dkv", include_str!("../src/kernels/attention_bwd_dkv.wgsl")),
+        ("dec", include_str!("../src/kernels/attention_decode.wgsl")),
+    ];
+    for hd in [64usize, 6, 128] {
+        for qr in [1usize, 2, 4, 8] {
+            for (name, src) in srcs {
+                if name == "dec" && qr > 1 {
+                    continue;
+                }
+                let defs = format!("const HD: u32 = {hd}u;\nconst WG: u32 = 8u;\nconst KB: u32 = 8u;\nconst QR: u32 = {qr}u;\nconst DW: u32 = 32u;");
+                let t0 = std::time::Instant::now();
+                let nm: &'static str = Box::leak(format!("probe-{name}").into_boxed_str());
+                let k = gpu.kernel(nm, src, &defs).unwrap();
+                // Pipelines may be compiled lazily: run it once on dummy buffers.
+                let arena = Arena::new(&gpu);
+                let b = gpu.zeros("b", 64).unwrap();
+                let mut rec = Recorder::new(&gpu, &arena);
+                let n = if name == "dec" { 4 } else if name == "fwd" { 5 } else { 8 };
+                let views: Vec<_> = (0..n).map(|_| b.view()).collect();
+                rec.dispatch(&k, &[0u32; 8], &views, [1, 1, 1]);
+                rec.finish().unwrap();
+                gpu.sync().unwrap();
+                eprintln!("{name} hd {hd} qr {qr}: {:.2} s", t0.elapsed().as_secs_f64());
+            }
+        }
+    }
+}

@@ -11,6 +11,7 @@ use hone_cpu::train::{CpuEngine, CpuTrainOptions};
 use hone_gpu::engine::{GpuEngine, GpuTrainOptions};
 use hone_gpu::{Gpu, GpuOptions};
 use pollster::block_on;
+use std::sync::{Arc, OnceLock};
 
 struct Lcg(u64);
 impl Lcg {
@@ -80,8 +81,15 @@ fn batch(vocab: usize, b: usize, t: usize, seed: u64) -> (Vec<u32>, Vec<i32>) {
     (ids, labels)
 }
 
-fn gpu() -> Gpu {
-    Gpu::new_blocking(&GpuOptions::default()).expect("a wgpu adapter (lavapipe in CI)")
+/// One device for the whole test binary: kernels compile once (seconds each on lavapipe).
+fn gpu() -> Arc<Gpu> {
+    static GPU: OnceLock<Arc<Gpu>> = OnceLock::new();
+    GPU.get_or_init(|| {
+        Arc::new(
+            Gpu::new_blocking(&GpuOptions::default()).expect("a wgpu adapter (lavapipe in CI)"),
+        )
+    })
+    .clone()
 }
 
 fn engines(spec: &ModelSpec, w: &WeightStore, s: &LoraSetup, hp: AdamW) -> (CpuEngine, GpuEngine) {
@@ -278,7 +286,18 @@ fn faults_are_errors_that_say_what_happened() {
     let spec = tiny_spec(Architecture::Llama, true, 300);
     let w = tiny_weights(&spec, DType::F32, 1).unwrap();
     let s = setup(&spec, 2, 0.0);
-    let (_, mut g) = engines(&spec, &w, &s, AdamW::default());
+    // Its own device: this one gets lost below, and the others share theirs.
+    let own = Arc::new(Gpu::new_blocking(&GpuOptions::default()).unwrap());
+    let mut g = GpuEngine::new(
+        own,
+        &spec,
+        &w,
+        s.clone(),
+        AdamW::default(),
+        GpuTrainOptions::default(),
+    )
+    .unwrap();
+    block_on(g.set_params(&random_lora(&s, 1))).unwrap();
     let b = batch(spec.vocab_size, 1, 8, 1);
     block_on(g.forward_backward(&mb(&b, 1, 8), 0.1)).unwrap();
     // A batch whose activations exceed one storage binding names the cure.

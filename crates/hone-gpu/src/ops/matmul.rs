@@ -4,8 +4,9 @@
 //!
 //! All kernels are register-blocked: each invocation computes a small block of outputs reading
 //! straight from storage, without workgroup memory (the fastest shape on lavapipe, where
-//! workgroup memory buys nothing). Tile sizes are the `*_TM`/`*_TN` constants below, passed to
-//! the WGSL as specialisation constants together with the weight type.
+//! workgroup memory buys nothing). Tile sizes are the `*_TILE_*` constants below, passed to
+//! the WGSL as specialisation constants with the weight type; the tile is unrolled into named
+//! variables in the generated kernel body.
 
 use std::sync::{Arc, Mutex};
 
