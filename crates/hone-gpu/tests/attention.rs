@@ -221,24 +221,8 @@ fn gpu_attention(
 
 #[test]
 fn attention_forward_and_backward_match_the_cpu() {
-    check_attention(None, 3);
-}
-
-#[test]
-fn attention_with_other_work_sizes_matches_the_cpu() {
-    // What a real GPU gets (64 invocations, one row each), and odd sizes.
-    check_attention(Some((64, 1, 8)), 7);
-    check_attention(Some((16, 3, 5)), 8);
-}
-
-fn check_attention(tiles: Option<(usize, usize, usize)>, seed: u64) {
-    attention::override_tiles(tiles);
-    let gpu = gpu();
-    eprintln!("adapter: {}, tiles {tiles:?}", gpu.describe());
-    let arena = Arena::new(&gpu);
-    let mut rng = Rng(seed);
+    // (batch, seq, n_heads, n_kv_heads, head_dim)
     let shapes = [
-        // (batch, seq, n_heads, n_kv_heads, head_dim)
         (1, 1, 1, 1, 4),
         (2, 7, 4, 2, 6),
         (1, 33, 3, 3, 10),
@@ -247,7 +231,28 @@ fn check_attention(tiles: Option<(usize, usize, usize)>, seed: u64) {
         (3, 19, 4, 4, 5),
         (1, 40, 2, 1, 128),
     ];
-    for &(batch, seq, n_heads, n_kv_heads, head_dim) in &shapes {
+    check_attention(None, 3, &shapes);
+}
+
+#[test]
+fn attention_with_other_work_sizes_matches_the_cpu() {
+    // What a real GPU gets (64 invocations, one row each), and odd sizes.
+    let shapes = [(2, 7, 4, 2, 6), (1, 70, 6, 1, 10), (3, 19, 4, 4, 5)];
+    check_attention(Some((64, 1, 8)), 7, &shapes);
+    check_attention(Some((16, 3, 5)), 8, &shapes);
+}
+
+fn check_attention(
+    tiles: Option<(usize, usize, usize)>,
+    seed: u64,
+    shapes: &[(usize, usize, usize, usize, usize)],
+) {
+    attention::override_tiles(tiles);
+    let gpu = gpu();
+    eprintln!("adapter: {}, tiles {tiles:?}", gpu.describe());
+    let arena = Arena::new(&gpu);
+    let mut rng = Rng(seed);
+    for &(batch, seq, n_heads, n_kv_heads, head_dim) in shapes {
         let s = AttnShape {
             batch,
             seq,
@@ -555,39 +560,4 @@ fn attention_timing_of_the_real_shape() {
     let (mut wout, mut wlse) = (vec![0f32; c.q.len()], vec![0f32; nl]);
     cpu::attention_forward(&mut wout, &mut wlse, &c.q, &c.k, &c.v, cs);
     assert_close("out (real shape)", &read(&gpu, &ob, c.q.len()), &wout, 1e-5);
-}
-
-#[test]
-#[ignore]
-fn zz_compile_times() {
-    let gpu = gpu();
-    let srcs = [
-        ("fwd", include_str!("../src/kernels/attention_fwd.wgsl")),
-        ("dq", include_str!("../src/kernels/attention_bwd_dq.wgsl")),
-        ("dkv", include_str!("../src/kernels/attention_bwd_dkv.wgsl")),
-        ("dec", include_str!("../src/kernels/attention_decode.wgsl")),
-    ];
-    for hd in [64usize, 6, 128] {
-        for qr in [1usize, 2, 4, 8] {
-            for (name, src) in srcs {
-                if name == "dec" && qr > 1 {
-                    continue;
-                }
-                let defs = format!("const HD: u32 = {hd}u;\nconst WG: u32 = 8u;\nconst KB: u32 = 8u;\nconst QR: u32 = {qr}u;\nconst DW: u32 = 32u;");
-                let t0 = std::time::Instant::now();
-                let nm: &'static str = Box::leak(format!("probe-{name}").into_boxed_str());
-                let k = gpu.kernel(nm, src, &defs).unwrap();
-                // Pipelines may be compiled lazily: run it once on dummy buffers.
-                let arena = Arena::new(&gpu);
-                let b = gpu.zeros("b", 64).unwrap();
-                let mut rec = Recorder::new(&gpu, &arena);
-                let n = if name == "dec" { 4 } else if name == "fwd" { 5 } else { 8 };
-                let views: Vec<_> = (0..n).map(|_| b.view()).collect();
-                rec.dispatch(&k, &[0u32; 8], &views, [1, 1, 1]);
-                rec.finish().unwrap();
-                gpu.sync().unwrap();
-                eprintln!("{name} hd {hd} qr {qr}: {:.2} s", t0.elapsed().as_secs_f64());
-            }
-        }
-    }
 }

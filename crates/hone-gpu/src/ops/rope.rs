@@ -33,7 +33,7 @@ fn rope(
     head_dim: usize,
     sgn: f32,
 ) -> Result<()> {
-    if head_dim % 2 != 0 {
+    if !head_dim.is_multiple_of(2) {
         return Err(Error::Gpu(format!("rope: head_dim {head_dim} is odd")));
     }
     let half = head_dim / 2;
