@@ -89,9 +89,6 @@ pub fn open_engine(
             spec, weights, setup, adamw, req.cpu,
         )?)),
         Some(gpu) => {
-            if req.cpu.gradient_checkpointing {
-                say("[hone] warning: gradient_checkpointing is not implemented by the GPU engine yet: every layer's activations are kept");
-            }
             let desc = gpu.describe();
             let mut e =
                 GpuEngine::new(gpu, spec, weights, setup, adamw, GpuTrainOptions::default())?;

@@ -13,6 +13,9 @@ pub const VIEW_ALIGN: u64 = 256;
 /// The same in f32 elements.
 pub const VIEW_ALIGN_F32: usize = 64;
 
+/// Reads up to this many bytes reuse one staging buffer.
+const SMALL_READ: u64 = 4096;
+
 /// Round `n` elements up to the view alignment.
 pub fn align_f32(n: usize) -> usize {
     n.div_ceil(VIEW_ALIGN_F32) * VIEW_ALIGN_F32
@@ -180,18 +183,29 @@ impl Gpu {
         if size == 0 {
             return Ok(Vec::new());
         }
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("read-back"),
-            size,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
+        let small = size <= SMALL_READ;
+        let reused = if small {
+            self.small_staging
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+        } else {
+            None
+        };
+        let staging = reused.unwrap_or_else(|| {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("read-back"),
+                size: if small { SMALL_READ } else { size },
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
         });
         let mut enc = self
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
         enc.copy_buffer_to_buffer(buf, offset, &staging, 0, size);
         self.queue.submit([enc.finish()]);
-        let slice = staging.slice(..);
+        let slice = staging.slice(..size);
         let (tx, rx) = std::sync::mpsc::channel();
         slice.map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
@@ -202,6 +216,9 @@ impl Gpu {
             .map_err(|e| Error::Gpu(format!("reading a GPU buffer: {e}")))?
             .to_vec();
         staging.unmap();
+        if small {
+            *self.small_staging.lock().unwrap_or_else(|p| p.into_inner()) = Some(staging);
+        }
         Ok(data)
     }
 

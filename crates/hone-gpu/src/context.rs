@@ -60,6 +60,9 @@ pub struct Gpu {
     features: wgpu::Features,
     kernels: Mutex<HashMap<(&'static str, String), Arc<Kernel>>>,
     pub(crate) faults: Arc<Mutex<Faults>>,
+    /// A reusable read-back buffer for small reads (the loss, the gradient norm), so a step
+    /// allocates nothing.
+    pub(crate) small_staging: Mutex<Option<wgpu::Buffer>>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -148,6 +151,7 @@ impl Gpu {
             features,
             kernels: Mutex::new(HashMap::new()),
             faults,
+            small_staging: Mutex::new(None),
         })
     }
 

@@ -27,12 +27,16 @@ pub struct GpuTrainOptions {
     /// Rows of logits the loss computes at once (rounded up to 64; memory: rows x vocab x 4
     /// bytes, and never more than one storage binding).
     pub loss_chunk_rows: usize,
+    /// Keep one layer's activations (plus every layer's input) and recompute each layer's
+    /// forward before its backward: activation memory / ~layers, one more forward per step.
+    pub gradient_checkpointing: bool,
 }
 
 impl Default for GpuTrainOptions {
     fn default() -> Self {
         GpuTrainOptions {
             loss_chunk_rows: 256,
+            gradient_checkpointing: false,
         }
     }
 }
@@ -394,6 +398,7 @@ impl GpuEngine {
             params: &self.params,
             grads: &self.grads,
             a: acts,
+            keep_all: !self.opts.gradient_checkpointing,
             n,
             batch: mb.batch,
             seq,
@@ -415,6 +420,11 @@ impl GpuEngine {
         st.loss(&mut rec, &targets, mode)?;
         if let Mode::Train { .. } = mode {
             for l in (0..n_layers).rev() {
+                if !st.keep_all && l + 1 != n_layers {
+                    // Gradient checkpointing: recompute the layer's activations (the last
+                    // layer's are still there from the forward).
+                    st.layer_forward(&mut rec, l)?;
+                }
                 st.layer_backward(&mut rec, l)?;
                 rec.submit();
             }
@@ -508,6 +518,7 @@ struct Step<'e> {
     params: &'e GBuf,
     grads: &'e GBuf,
     a: &'e Acts,
+    keep_all: bool,
     n: usize,
     batch: usize,
     seq: usize,
@@ -515,6 +526,11 @@ struct Step<'e> {
 }
 
 impl Step<'_> {
+    /// The saved activations of layer `l` (one shared set with gradient checkpointing).
+    fn la(&self, l: usize) -> &LayerActs {
+        &self.a.layers[if self.keep_all { l } else { 0 }]
+    }
+
     fn att_shape(&self) -> attention::AttnShape {
         let s = &self.base.spec;
         attention::AttnShape {
@@ -583,7 +599,7 @@ impl Step<'_> {
         };
         let s = &self.lora.slots[si];
         let (n, r) = (self.n, self.lora.rank);
-        let u = self.a.layers[l].u[p].as_ref().expect("planned");
+        let u = self.la(l).u[p].as_ref().expect("planned");
         let xin = self.lora_input(rec, l, p, x, s.in_f)?;
         gemm(
             rec,
@@ -632,7 +648,7 @@ impl Step<'_> {
         };
         let s = &self.lora.slots[si];
         let (n, r, scale) = (self.n, self.lora.rank, self.lora.scale);
-        let u = self.a.layers[l].u[p].as_ref().expect("planned");
+        let u = self.la(l).u[p].as_ref().expect("planned");
         let du = &self.a.du;
         // dB[out, r] += scale dy^T u
         gemm(
@@ -728,7 +744,7 @@ impl Step<'_> {
     }
 
     fn layer_forward(&self, rec: &mut Recorder<'_>, l: usize) -> Result<()> {
-        let (a, la, layer) = (self.a, &self.a.layers[l], &self.base.layers[l]);
+        let (a, la, layer) = (self.a, self.la(l), &self.base.layers[l]);
         let s = &self.base.spec;
         let (n, h, eps) = (self.n, s.hidden_size, self.base.eps);
         let (nh, nkv, hd) = (s.num_attention_heads, s.num_key_value_heads, s.head_dim);
@@ -826,7 +842,7 @@ impl Step<'_> {
 
     /// `a.dres` holds dL/dx_out on entry and dL/dx_in on return.
     fn layer_backward(&self, rec: &mut Recorder<'_>, l: usize) -> Result<()> {
-        let (a, la, layer) = (self.a, &self.a.layers[l], &self.base.layers[l]);
+        let (a, la, layer) = (self.a, self.la(l), &self.base.layers[l]);
         let s = &self.base.spec;
         let (n, h, eps, f) = (self.n, s.hidden_size, self.base.eps, s.intermediate_size);
         let (nh, nkv, hd, qd, kvd) = (
@@ -1312,13 +1328,25 @@ fn plan_acts(
     for l in 0..=s.num_hidden_layers {
         xs.push(z(&format!("residual {l}"), n * h)?);
     }
-    let mut layers = Vec::with_capacity(s.num_hidden_layers);
-    for l in 0..s.num_hidden_layers {
+    let keep = if opts.gradient_checkpointing {
+        1
+    } else {
+        s.num_hidden_layers
+    };
+    let mut layers = Vec::with_capacity(keep);
+    for l in 0..keep {
         let mut u = Vec::with_capacity(7);
         for p in 0..7 {
-            u.push(match lora.slot_of[l][p] {
-                Some(_) => Some(z("lora u", n * r)?),
-                None => None,
+            // One shared set (checkpointing) holds every projection some layer adapts.
+            let adapted = if keep == 1 {
+                lora.slot_of.iter().any(|s| s[p].is_some())
+            } else {
+                lora.slot_of[l][p].is_some()
+            };
+            u.push(if adapted {
+                Some(z("lora u", n * r)?)
+            } else {
+                None
             });
         }
         layers.push(LayerActs {
