@@ -55,6 +55,10 @@ pub struct BenchTrainArgs {
     /// cpu, gpu (any wgpu adapter, software ones included) or auto.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// GPU engine: time each kernel (every dispatch is then submitted and waited for alone,
+    /// which slows the step; the timed steps' tok/s are not comparable then).
+    #[arg(long)]
+    profile: bool,
 }
 
 pub fn cmd_bench_train(a: BenchTrainArgs) -> Result<()> {
@@ -127,8 +131,10 @@ pub fn cmd_bench_train(a: BenchTrainArgs) -> Result<()> {
     for _ in 0..a.warmup {
         step(&mut engine)?;
     }
-    if let AnyEngine::Cpu(e) = &mut engine {
-        e.reset_profile();
+    match &mut engine {
+        AnyEngine::Cpu(e) => e.reset_profile(),
+        AnyEngine::Gpu(e) if a.profile => e.gpu().start_profile(),
+        AnyEngine::Gpu(_) => {}
     }
     let mut times = Vec::with_capacity(a.steps);
     let mut losses = Vec::with_capacity(a.steps);
@@ -147,6 +153,15 @@ pub fn cmd_bench_train(a: BenchTrainArgs) -> Result<()> {
     let prof = match &engine {
         AnyEngine::Cpu(e) => e.profile(),
         AnyEngine::Gpu(_) => Default::default(),
+    };
+    let gpu_profile: serde_json::Map<String, serde_json::Value> = match &engine {
+        AnyEngine::Gpu(e) => e
+            .gpu()
+            .profile()
+            .into_iter()
+            .map(|(k, s)| (k.to_string(), round(s / a.steps as f64, 4).into()))
+            .collect(),
+        AnyEngine::Cpu(_) => Default::default(),
     };
     let prof_total = prof.total();
     let profile: serde_json::Map<String, serde_json::Value> = prof
@@ -190,6 +205,8 @@ pub fn cmd_bench_train(a: BenchTrainArgs) -> Result<()> {
         "loss_last": round(losses[losses.len() - 1], 4),
         // Seconds per step in each kind of op (zero where the engine keeps no clock).
         "profile_s_step": if prof_total > 0.0 { serde_json::Value::Object(profile) } else { serde_json::Value::Null },
+        // GPU engine with --profile: seconds per step in each kernel.
+        "gpu_kernel_s_step": if gpu_profile.is_empty() { serde_json::Value::Null } else { serde_json::Value::Object(gpu_profile) },
     });
     println!("{row}");
     Ok(())

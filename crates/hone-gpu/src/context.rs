@@ -63,6 +63,9 @@ pub struct Gpu {
     /// A reusable read-back buffer for small reads (the loss, the gradient norm), so a step
     /// allocates nothing.
     pub(crate) small_staging: Mutex<Option<wgpu::Buffer>>,
+    /// Seconds per kernel when profiling (native only): each dispatch is then submitted and
+    /// waited for on its own, which costs speed but attributes the time.
+    pub(crate) profile: Mutex<Option<HashMap<&'static str, f64>>>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -152,6 +155,7 @@ impl Gpu {
             kernels: Mutex::new(HashMap::new()),
             faults,
             small_staging: Mutex::new(None),
+            profile: Mutex::new(None),
         })
     }
 
@@ -249,6 +253,25 @@ impl Gpu {
             return Err(Error::Gpu(e.clone()));
         }
         Ok(())
+    }
+
+    /// Start (or restart) timing each kernel: every dispatch is submitted and waited for alone
+    /// (slower; for `bench-train --profile`).
+    pub fn start_profile(&self) {
+        *self.profile.lock().unwrap() = Some(HashMap::new());
+    }
+
+    /// Seconds spent in each kernel since `start_profile`, largest first.
+    pub fn profile(&self) -> Vec<(&'static str, f64)> {
+        let mut v: Vec<_> = self
+            .profile
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|m| m.iter().map(|(k, v)| (*k, *v)).collect())
+            .unwrap_or_default();
+        v.sort_by(|a, b| b.1.total_cmp(&a.1));
+        v
     }
 
     /// Test seam: behave as if the device had been lost.

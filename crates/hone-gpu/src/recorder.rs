@@ -85,6 +85,14 @@ impl<'g> Recorder<'g> {
         if groups.contains(&0) {
             return;
         }
+        #[cfg(not(target_arch = "wasm32"))]
+        let profiling = self.gpu.profile.lock().unwrap().is_some();
+        #[cfg(not(target_arch = "wasm32"))]
+        if profiling {
+            // Finish what was recorded before, so that the time below is this dispatch's.
+            self.submit();
+            let _ = self.gpu.sync();
+        }
         if self.slots == SLOTS {
             self.submit();
         }
@@ -136,6 +144,16 @@ impl<'g> Recorder<'g> {
             pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
         }
         self.dispatches += 1;
+        #[cfg(not(target_arch = "wasm32"))]
+        if profiling {
+            let t = std::time::Instant::now();
+            self.submit();
+            let _ = self.gpu.sync();
+            let secs = t.elapsed().as_secs_f64();
+            if let Some(m) = self.gpu.profile.lock().unwrap().as_mut() {
+                *m.entry(kernel.name).or_insert(0.0) += secs;
+            }
+        }
     }
 
     /// Copy `size` bytes between buffers inside the recorded stream.
