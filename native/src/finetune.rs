@@ -483,7 +483,7 @@ impl TrainerHooks<AnyEngine> for CliHooks<'_> {
 fn check_engine_options(cfg: &FinetuneConfig) -> Result<()> {
     if cfg.bf16 || cfg.fp16 {
         bail!(
-            "--{} is not supported yet: both engines train in float32 (drop the flag)",
+            "--{} is not supported yet: the CPU and GPU engines train in float32 (drop the flag)",
             if cfg.bf16 { "bf16" } else { "fp16" }
         );
     }

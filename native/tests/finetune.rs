@@ -509,7 +509,7 @@ fn bad_input_gets_one_clear_line() {
     );
     one_line_error(
         &hone(&r.args(&["--bf16"])),
-        &["--bf16", "not supported on the CPU engine"],
+        &["--bf16", "not supported yet", "float32"],
     );
     // An empty split and an empty file.
     one_line_error(
