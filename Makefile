@@ -40,10 +40,11 @@ $(SMOLLM2_GGUF):
 # Python readers that tests check hone's outputs with (TensorBoard event files).
 PYENV := $(HONE_CACHE)/pyenv
 export HONE_PYTHON := $(PYENV)/bin/python
-pyenv: $(PYENV)/.installed
-$(PYENV)/.installed:
+# (bump the stamp's number when the list changes, so that existing caches install it)
+pyenv: $(PYENV)/.installed-2
+$(PYENV)/.installed-2:
 	$(PYTHON) -m venv $(PYENV)
-	$(PYENV)/bin/pip install --quiet tbparse==0.0.9 tensorboard==2.21.0
+	$(PYENV)/bin/pip install --quiet tbparse==0.0.9 tensorboard==2.21.0 onnx==1.23.2 onnxruntime==1.31.1 numpy==2.4.6
 	touch $@
 
 build:

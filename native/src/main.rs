@@ -18,6 +18,7 @@ mod engine;
 mod eval;
 mod finetune;
 mod merge;
+mod onnx;
 
 /// hone: fine-tune and run small language models where the data lives.
 #[derive(Parser)]
@@ -46,6 +47,9 @@ enum Command {
     Logits(LogitsArgs),
     /// Merge a LoRA adapter into the base weights and write an HF folder (safetensors).
     Merge(merge::MergeArgs),
+    /// Export the model (with an adapter merged in) as an ONNX decoder with a KV cache for
+    /// ONNX Runtime (`olive auto-opt`'s name; fp32 so far).
+    AutoOpt(onnx::AutoOptArgs),
     /// Convert a PEFT adapter: gguf (llama.cpp LoRA) or peft.
     ExportAdapter(merge::ExportAdapterArgs),
 }
@@ -159,6 +163,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => eval::cmd_eval(*a),
         Command::Logits(a) => cmd_logits(a),
         Command::Merge(a) => merge::cmd_merge(a),
+        Command::AutoOpt(a) => onnx::cmd_auto_opt(a),
         Command::ExportAdapter(a) => merge::cmd_export_adapter(a),
     };
     match result {

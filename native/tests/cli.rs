@@ -275,3 +275,49 @@ fn absent_tokenizer_json_is_a_clear_error() {
     std::fs::remove_file(hf.join("tokenizer.json")).unwrap();
     assert_clear_error(&hf, "tiny-hf", &["tokenizer.json"]);
 }
+
+/// `hone auto-opt` writes model.onnx (numerics against ONNX Runtime are hone-onnx's tests),
+/// merges an adapter, refuses to overwrite, and names what it does not do yet.
+#[test]
+fn auto_opt_writes_an_onnx_decoder_and_refuses_what_it_cannot_do() {
+    use hone_core::fixtures::{tiny_gguf_metadata, tiny_spec, tiny_weights, write_model_gguf};
+    let dir = std::env::temp_dir().join(format!("hone-autoopt-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = tiny_spec(hone_core::Architecture::Llama, true, 368);
+    let w = tiny_weights(&spec, hone_core::DType::Q8_0, 4).unwrap();
+    let model = dir.join("tiny.gguf");
+    write_model_gguf(&model, &spec, &w, &tiny_gguf_metadata(&spec, "tiny")).unwrap();
+    let out = dir.join("onnx");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "auto-opt",
+            "-m",
+            model.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        std::process::Command::new(env!("CARGO_BIN_EXE_hone"))
+            .args(&args)
+            .output()
+            .unwrap()
+    };
+    let first = run(&[]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let bytes = std::fs::read(out.join("model.onnx")).unwrap();
+    // fp32 weights: at least the embedding's 368 x 256 floats.
+    assert!(bytes.len() > 368 * 256 * 4, "{} bytes", bytes.len());
+    let again = run(&[]);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--overwrite"));
+    assert!(run(&["--overwrite"]).status.success());
+    let int4 = run(&["--precision", "int4", "--overwrite"]);
+    assert!(String::from_utf8_lossy(&int4.stderr).contains("only fp32"));
+    let genai = run(&["--use_ort_genai", "--overwrite"]);
+    assert!(String::from_utf8_lossy(&genai.stderr).contains("genai_config.json"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,273 @@
+//! Export tiny Llama (tied) and Qwen2 (untied, q/k/v biases) models, run them with ONNX Runtime
+//! through `scripts/onnx_check.py` (the Python named by `HONE_PYTHON`, with numpy, onnx and
+//! onnxruntime), and compare every step's logits with hone-cpu's.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use hone_core::fixtures::{tiny_spec, tiny_weights};
+use hone_core::{Architecture, DType, Error, ModelSpec, WeightStore};
+use hone_cpu::{CpuModel, CpuModelOptions};
+use hone_onnx::{export_decoder, write_decoder, ExportOptions};
+use serde_json::{json, Value};
+
+/// Tolerance on |onnx - cpu| relative to the step's max |logit|.
+const REL_TOL: f32 = 1e-4;
+
+const PROMPT: [u32; 7] = [1, 72, 101, 108, 250, 44, 32];
+const SHORT_PROMPT: [u32; 4] = [5, 200, 17, 33];
+/// Decode tokens for the two batch rows, one step each.
+const DECODE: [[u32; 2]; 3] = [[119, 3], [111, 64], [299, 0]];
+
+struct Case {
+    name: &'static str,
+    prompts: Vec<Vec<u32>>,
+    decode: Vec<Vec<u32>>,
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "single",
+            prompts: vec![PROMPT.to_vec()],
+            decode: DECODE.iter().map(|d| vec![d[0]]).collect(),
+        },
+        Case {
+            name: "left_padded_batch",
+            prompts: vec![PROMPT.to_vec(), SHORT_PROMPT.to_vec()],
+            decode: DECODE.iter().map(|d| d.to_vec()).collect(),
+        },
+    ]
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("hone-onnx-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn python() -> PathBuf {
+    match std::env::var_os("HONE_PYTHON") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => panic!(
+            "HONE_PYTHON is not set: this test runs the exported model with ONNX Runtime and \
+             needs a Python with numpy, onnx and onnxruntime, e.g.\n  python3 -m venv \
+             /work/cache/onnxvenv && /work/cache/onnxvenv/bin/pip install onnx \
+             onnxruntime==1.31.1 numpy\n  HONE_PYTHON=/work/cache/onnxvenv/bin/python cargo \
+             test -p hone-onnx"
+        ),
+    }
+}
+
+/// hone-cpu logits per row of a case: steps[s][b] = rows of vocab logits.
+fn reference(spec: &ModelSpec, weights: &WeightStore, case: &Case) -> Vec<Vec<Vec<Vec<f32>>>> {
+    let mut steps: Vec<Vec<Vec<Vec<f32>>>> = vec![Vec::new(); 1 + case.decode.len()];
+    for (b, prompt) in case.prompts.iter().enumerate() {
+        let mut model = CpuModel::new(
+            spec,
+            weights,
+            CpuModelOptions {
+                dequantize_at_load: true,
+            },
+        )
+        .unwrap();
+        let mut cache = model.new_cache(64);
+        let logits = model.forward(prompt, &mut cache).unwrap();
+        steps[0].push((0..logits.rows).map(|r| logits.row(r).to_vec()).collect());
+        for (s, toks) in case.decode.iter().enumerate() {
+            let logits = model.forward(&[toks[b]], &mut cache).unwrap();
+            assert_eq!(logits.rows, 1);
+            steps[s + 1].push(vec![logits.row(0).to_vec()]);
+        }
+    }
+    steps
+}
+
+fn run_onnx(model: &Path, spec: &ModelSpec, dir: &Path) -> Value {
+    let input = json!({
+        "num_layers": spec.num_hidden_layers,
+        "num_kv_heads": spec.num_key_value_heads,
+        "head_dim": spec.head_dim,
+        "pad_id": 0,
+        "cases": cases().iter().map(|c| json!({
+            "name": c.name, "prompts": c.prompts, "decode": c.decode,
+        })).collect::<Vec<_>>(),
+    });
+    let (inp, out) = (dir.join("input.json"), dir.join("output.json"));
+    std::fs::write(&inp, serde_json::to_vec(&input).unwrap()).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/onnx_check.py");
+    let py = python();
+    let res = Command::new(&py)
+        .arg(&script)
+        .arg(model)
+        .arg(&inp)
+        .arg(&out)
+        .output()
+        .unwrap_or_else(|e| panic!("HONE_PYTHON={}: cannot run it: {e}", py.display()));
+    if !res.status.success() {
+        panic!(
+            "{} {} failed ({}):\n{}{}",
+            py.display(),
+            script.display(),
+            res.status,
+            String::from_utf8_lossy(&res.stdout),
+            String::from_utf8_lossy(&res.stderr)
+        );
+    }
+    serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap()
+}
+
+/// Export, run with ONNX Runtime, compare; returns the worst relative difference.
+fn check_model(name: &str, spec: &ModelSpec, weights: &WeightStore) -> f32 {
+    let dir = temp_dir(name);
+    let path = dir.join("model.onnx");
+    write_decoder(&path, spec, weights, &ExportOptions::default()).unwrap();
+    let onnx = run_onnx(&path, spec, &dir);
+    let mut worst = 0f32;
+    for (ci, case) in cases().iter().enumerate() {
+        let want = reference(spec, weights, case);
+        let got = &onnx["cases"][ci]["steps"];
+        for (s, rows_b) in want.iter().enumerate() {
+            for (b, rows) in rows_b.iter().enumerate() {
+                let got_rows = got[s][b].as_array().expect("onnx rows");
+                assert_eq!(got_rows.len(), rows.len(), "{name} {} step {s}", case.name);
+                let max_ref = rows
+                    .iter()
+                    .flatten()
+                    .fold(0f32, |m, &v| m.max(v.abs()))
+                    .max(1e-6);
+                let mut max_diff = 0f32;
+                for (r, row) in rows.iter().enumerate() {
+                    let g = got_rows[r].as_array().expect("onnx row");
+                    assert_eq!(g.len(), spec.vocab_size);
+                    for (v, gv) in row.iter().zip(g) {
+                        let gv = gv.as_f64().expect("number") as f32;
+                        max_diff = max_diff.max((v - gv).abs());
+                    }
+                }
+                let rel = max_diff / max_ref;
+                eprintln!(
+                    "{name} {} step {s} row {b}: max |diff| {max_diff:.3e}, max |logit| \
+                     {max_ref:.3}, relative {rel:.3e}",
+                    case.name
+                );
+                assert!(
+                    rel <= REL_TOL,
+                    "{name} {} step {s} batch row {b}: max |onnx - cpu| = {max_diff} is \
+                     {rel:.3e} of max |logit| {max_ref} (tolerance {REL_TOL})",
+                    case.name
+                );
+                worst = worst.max(rel);
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    worst
+}
+
+#[test]
+fn llama_tied_matches_cpu() {
+    let spec = tiny_spec(Architecture::Llama, true, 300);
+    let weights = tiny_weights(&spec, DType::F32, 7).unwrap();
+    let worst = check_model("llama_tied", &spec, &weights);
+    eprintln!("llama_tied worst relative difference {worst:.3e}");
+}
+
+#[test]
+fn qwen2_untied_with_biases_matches_cpu() {
+    let spec = tiny_spec(Architecture::Qwen2, false, 300);
+    assert!(spec.has_qkv_bias());
+    let weights = tiny_weights(&spec, DType::F32, 11).unwrap();
+    let worst = check_model("qwen2_untied", &spec, &weights);
+    eprintln!("qwen2_untied worst relative difference {worst:.3e}");
+}
+
+#[test]
+fn quantized_weights_are_dequantized() {
+    // Q8_0 weights: the export dequantizes with to_f32, hone-cpu uses the same values.
+    let spec = tiny_spec(Architecture::Llama, false, 300);
+    let weights = tiny_weights(&spec, DType::Q8_0, 3).unwrap();
+    let worst = check_model("llama_q8_0", &spec, &weights);
+    eprintln!("llama_q8_0 worst relative difference {worst:.3e}");
+}
+
+#[test]
+fn rejects_unsupported_activation_naming_it() {
+    let mut spec = tiny_spec(Architecture::Llama, true, 300);
+    let weights = tiny_weights(&spec, DType::F32, 1).unwrap();
+    spec.hidden_act = "gelu".into();
+    let err = export_decoder(&spec, &weights, &ExportOptions::default()).unwrap_err();
+    assert!(matches!(err, Error::InvalidField { .. }), "{err}");
+    assert!(err.to_string().contains("gelu"), "{err}");
+}
+
+#[test]
+fn rejects_missing_weight_naming_it() {
+    let spec = tiny_spec(Architecture::Llama, true, 300);
+    let mut weights = tiny_weights(&spec, DType::F32, 1).unwrap();
+    weights.tensors.remove("model.layers.1.mlp.up_proj.weight");
+    let err = export_decoder(&spec, &weights, &ExportOptions::default()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("model.layers.1.mlp.up_proj.weight"),
+        "{err}"
+    );
+}
+
+#[test]
+fn write_is_atomic_and_leaves_no_temp_file() {
+    let spec = tiny_spec(Architecture::Llama, true, 300);
+    let weights = tiny_weights(&spec, DType::F32, 1).unwrap();
+    let dir = temp_dir("atomic");
+    let path = dir.join("m.onnx");
+    write_decoder(&path, &spec, &weights, &ExportOptions::default()).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(
+        bytes,
+        export_decoder(&spec, &weights, &ExportOptions::default()).unwrap()
+    );
+    let names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("m.onnx")]);
+    // A folder that does not exist: an I/O error naming the path, no panic.
+    let err = write_decoder(
+        &dir.join("missing/m.onnx"),
+        &spec,
+        &weights,
+        &ExportOptions::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("missing"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn mha_with_llama3_rope_scaling_matches_cpu() {
+    // No GQA repeat (kv heads == heads) and scaled RoPE frequencies.
+    let mut spec = tiny_spec(Architecture::Llama, true, 300);
+    spec.num_key_value_heads = spec.num_attention_heads;
+    spec.rope_scaling = Some(hone_core::RopeScaling::Llama3 {
+        factor: 8.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings: 64,
+    });
+    let weights = tiny_weights(&spec, DType::F32, 5).unwrap();
+    let worst = check_model("llama_mha_rope_scaled", &spec, &weights);
+    eprintln!("llama_mha_rope_scaled worst relative difference {worst:.3e}");
+}
+
+/// A real model (GGUF file or HF folder) named by `HONE_ONNX_REAL_MODEL`, e.g.
+/// SmolLM2-135M-Instruct.Q4_1.gguf: run with
+/// `HONE_ONNX_REAL_MODEL=PATH cargo test -p hone-onnx -- --ignored`.
+#[test]
+#[ignore = "needs HONE_ONNX_REAL_MODEL (a GGUF file or HF folder)"]
+fn real_model_matches_cpu() {
+    let path = std::env::var_os("HONE_ONNX_REAL_MODEL")
+        .expect("HONE_ONNX_REAL_MODEL must name a GGUF file or HF folder for this test");
+    let model = hone_core::load_model(Path::new(&path)).unwrap();
+    let worst = check_model("real", &model.spec, &model.weights);
+    eprintln!("real model worst relative difference {worst:.3e}");
+}
