@@ -120,46 +120,10 @@ fn check_exportable(spec: &ModelSpec, weights: &WeightStore) -> Result<()> {
             })
         }
     }
-    if spec.hidden_act != "silu" {
-        return bad(
-            "hidden_act",
-            format!(
-                "activation '{}' is not supported (only silu)",
-                spec.hidden_act
-            ),
-        );
-    }
-    if spec.num_attention_heads == 0
-        || spec.num_key_value_heads == 0
-        || !spec
-            .num_attention_heads
-            .is_multiple_of(spec.num_key_value_heads)
-    {
-        return bad(
-            "num_key_value_heads",
-            format!(
-                "{} attention heads cannot share {} key/value heads",
-                spec.num_attention_heads, spec.num_key_value_heads
-            ),
-        );
-    }
-    if spec.head_dim == 0 || !spec.head_dim.is_multiple_of(2) {
-        return bad(
-            "head_dim",
-            format!("head_dim {} must be even and > 0", spec.head_dim),
-        );
-    }
-    if spec.hidden_size == 0 || spec.vocab_size == 0 || spec.intermediate_size == 0 {
-        return bad(
-            "hidden_size",
-            "hidden_size, intermediate_size and vocab_size must be > 0".into(),
-        );
-    }
-    if !(spec.rms_norm_eps.is_finite() && spec.rms_norm_eps >= 0.0) {
-        return bad(
-            "rms_norm_eps",
-            format!("{} is not a valid epsilon", spec.rms_norm_eps),
-        );
+    // The same checks as the training engines (activation, heads, head_dim, sizes, eps).
+    hone_core::engine::check_trainable_spec(spec, &weights.source)?;
+    if spec.intermediate_size == 0 {
+        return bad("intermediate_size", "must be > 0".into());
     }
     if let Some(i) = spec.rope_inv_freq().iter().position(|f| !f.is_finite()) {
         return bad(
