@@ -264,3 +264,39 @@ fn auto_says_which_device_it_chose() {
     assert!(stderr.contains("use cpu, gpu or auto"), "{stderr}");
     let _ = std::fs::remove_dir_all(&s.dir);
 }
+
+#[test]
+fn no_adapter_is_an_error_for_gpu_and_a_fallback_for_auto() {
+    let s = setup("none");
+    let out = s.dir.join("out");
+    // On Linux wgpu has no DX12 backend: restricting it to DX12 leaves no adapter at all.
+    let none = [("WGPU_BACKEND", "dx12")];
+    let res = hone_env(
+        &finetune_args(&s, out.to_str().unwrap(), &["--device", "gpu"]),
+        &none,
+    );
+    let stderr = String::from_utf8_lossy(&res.stderr).to_string();
+    assert_eq!(res.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no GPU adapter"), "{stderr}");
+    assert!(stderr.contains("--device cpu"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let res = hone_env(
+        &finetune_args(
+            &s,
+            out.to_str().unwrap(),
+            &[
+                "--device",
+                "auto",
+                "--max_steps",
+                "1",
+                "--log_level",
+                "info",
+                "--overwrite_output_dir",
+            ],
+        ),
+        &none,
+    );
+    let stderr = ok(&res);
+    assert!(stderr.contains("using the CPU"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&s.dir);
+}
