@@ -205,6 +205,29 @@ fn gpu_finetune_follows_the_cpu_run_and_its_checkpoint_resumes_on_the_cpu() {
     let (on_cpu, on_gpu) = (gen("cpu"), gen("gpu"));
     assert!(on_cpu.len() > "red 3 =".len() + 2, "{on_cpu:?}");
     assert_eq!(on_gpu, on_cpu);
+
+    // `hone eval --device gpu` with the adapter: the CPU's loss on the eval split.
+    let config = gpu_out.join("hone_config.json");
+    let eval = |device: &str| {
+        let out = hone(&[
+            "eval",
+            "--config",
+            config.to_str().unwrap(),
+            "--adapter",
+            adapter.to_str().unwrap(),
+            "--device",
+            device,
+            "--quiet",
+        ]);
+        ok(&out);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["eval_loss"].as_f64().unwrap()
+    };
+    let (lc, lg) = (eval("cpu"), eval("gpu"));
+    assert!(
+        ((lg - lc) / lc).abs() < 1e-4,
+        "eval loss gpu {lg} vs cpu {lc}"
+    );
     let _ = std::fs::remove_dir_all(&s.dir);
 }
 
