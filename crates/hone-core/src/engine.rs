@@ -305,3 +305,43 @@ pub fn shifted_targets(
     }
     Ok(targets)
 }
+
+/// Check a micro-batch against `spec` (shape, sequence length, token ids, labels) and return
+/// its shifted targets (`shifted_targets`).
+pub fn check_micro_batch(spec: &ModelSpec, mb: &MicroBatch<'_>) -> Result<Vec<(usize, u32)>> {
+    if mb.batch == 0 || mb.seq == 0 {
+        return Err(Error::Invalid(format!(
+            "micro-batch of {} x {} tokens: both must be > 0",
+            mb.batch, mb.seq
+        )));
+    }
+    let n = mb.batch.saturating_mul(mb.seq);
+    if mb.ids.len() != n {
+        return Err(Error::Invalid(format!(
+            "micro-batch: {} token ids for {} x {}",
+            mb.ids.len(),
+            mb.batch,
+            mb.seq
+        )));
+    }
+    if mb.seq > spec.max_position_embeddings {
+        return Err(Error::Invalid(format!(
+            "micro-batch: sequences of {} tokens exceed the model's max_position_embeddings {}",
+            mb.seq, spec.max_position_embeddings
+        )));
+    }
+    if let Some((i, &t)) = mb
+        .ids
+        .iter()
+        .enumerate()
+        .find(|(_, &t)| t as usize >= spec.vocab_size)
+    {
+        return Err(Error::Invalid(format!(
+            "micro-batch: row {} position {} has token id {t}, outside the vocabulary of {}",
+            i / mb.seq,
+            i % mb.seq,
+            spec.vocab_size
+        )));
+    }
+    shifted_targets(mb.labels, mb.batch, mb.seq, spec.vocab_size)
+}

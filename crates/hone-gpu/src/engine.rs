@@ -315,41 +315,7 @@ impl GpuEngine {
     }
 
     fn check_batch(&self, mb: &MicroBatch<'_>) -> Result<Vec<(usize, u32)>> {
-        let spec = &self.base.spec;
-        if mb.batch == 0 || mb.seq == 0 {
-            return Err(Error::Invalid(format!(
-                "micro-batch of {} x {} tokens: both must be > 0",
-                mb.batch, mb.seq
-            )));
-        }
-        if mb.ids.len() != mb.batch * mb.seq {
-            return Err(Error::Invalid(format!(
-                "micro-batch: {} token ids for {} x {}",
-                mb.ids.len(),
-                mb.batch,
-                mb.seq
-            )));
-        }
-        if mb.seq > spec.max_position_embeddings {
-            return Err(Error::Invalid(format!(
-                "micro-batch: sequences of {} tokens exceed the model's max_position_embeddings {}",
-                mb.seq, spec.max_position_embeddings
-            )));
-        }
-        if let Some((i, &t)) = mb
-            .ids
-            .iter()
-            .enumerate()
-            .find(|(_, &t)| t as usize >= spec.vocab_size)
-        {
-            return Err(Error::Invalid(format!(
-                "micro-batch: row {} position {} has token id {t}, outside the vocabulary of {}",
-                i / mb.seq,
-                i % mb.seq,
-                spec.vocab_size
-            )));
-        }
-        hone_core::engine::shifted_targets(mb.labels, mb.batch, mb.seq, spec.vocab_size)
+        hone_core::engine::check_micro_batch(&self.base.spec, mb)
     }
 
     async fn run(&mut self, mb: &MicroBatch<'_>, mode: Mode) -> Result<LossSum> {
@@ -376,15 +342,7 @@ impl GpuEngine {
         let (n, seq) = (mb.batch * mb.seq, mb.seq);
         // Inputs of this micro-batch: ids, rope tables for 0..seq, target rows and ids.
         gpu.write_u32(&acts.ids, 0, mb.ids);
-        let half = self.base.spec.head_dim / 2;
-        let (mut cos, mut sin) = (vec![0f32; seq * half], vec![0f32; seq * half]);
-        for p in 0..seq {
-            for (i, &f) in self.base.inv_freq.iter().enumerate() {
-                let a = f * p as f32;
-                cos[p * half + i] = a.cos();
-                sin[p * half + i] = a.sin();
-            }
-        }
+        let (cos, sin) = rope_tables(&self.base.inv_freq, seq);
         gpu.write_f32(&acts.cos, 0, &cos);
         gpu.write_f32(&acts.sin, 0, &sin);
         let rows: Vec<u32> = targets.iter().map(|t| t.0 as u32).collect();
@@ -1469,4 +1427,19 @@ pub(crate) fn pack_params(lora: &Lora, what: &str, src: &[NamedTensor]) -> Resul
         )));
     }
     Ok(dst)
+}
+
+/// RoPE cos/sin tables `[n_pos, head_dim / 2]` for positions `0..n_pos`, the angle rounded to f32
+/// as HF (and the CPU engine's `rope_tables`) compute it.
+pub(crate) fn rope_tables(inv_freq: &[f32], n_pos: usize) -> (Vec<f32>, Vec<f32>) {
+    let half = inv_freq.len();
+    let (mut cos, mut sin) = (vec![0f32; n_pos * half], vec![0f32; n_pos * half]);
+    for p in 0..n_pos {
+        for (i, &f) in inv_freq.iter().enumerate() {
+            let a = f * p as f32;
+            cos[p * half + i] = a.cos();
+            sin[p * half + i] = a.sin();
+        }
+    }
+    (cos, sin)
 }

@@ -11,7 +11,7 @@ use hone_core::{Error, ModelSpec, Result, WeightStore};
 
 use crate::buffer::GBuf;
 use crate::context::Gpu;
-use crate::engine::{load_base, lora_layout, pack_params, Base, Lora};
+use crate::engine::{load_base, lora_layout, pack_params, rope_tables, Base, Lora};
 use crate::ops::matmul::{gemm, linear_forward, Gemm};
 use crate::ops::{attention, elementwise, matmul, norm, rope, swiglu};
 use crate::recorder::{Arena, Recorder};
@@ -96,16 +96,7 @@ impl GpuSession {
             spec.kv_dim(),
             spec.intermediate_size,
         );
-        let half = spec.head_dim / 2;
-        let inv = spec.rope_inv_freq();
-        let (mut cos, mut sin) = (vec![0f32; max_len * half], vec![0f32; max_len * half]);
-        for p in 0..max_len {
-            for (i, &fr) in inv.iter().enumerate() {
-                let a = fr * p as f32;
-                cos[p * half + i] = a.cos();
-                sin[p * half + i] = a.sin();
-            }
-        }
+        let (cos, sin) = rope_tables(&spec.rope_inv_freq(), max_len);
         let mut k_cache = Vec::new();
         let mut v_cache = Vec::new();
         for l in 0..spec.num_hidden_layers {

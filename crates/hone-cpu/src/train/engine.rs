@@ -16,7 +16,7 @@ use super::linalg::matmul_backward;
 use super::lora::{
     lora_down_backward, lora_down_forward, lora_up_backward, lora_up_forward, LoraShape,
 };
-use super::loss::{cross_entropy, shifted_targets, HeadWeight, LmHead, LossScratch};
+use super::loss::{cross_entropy, HeadWeight, LmHead, LossScratch};
 use super::ops::{
     attention_backward, attention_forward, rmsnorm_backward, rmsnorm_forward, rmsnorm_recompute,
     rope_backward, rope_forward_batch, swiglu_backward, swiglu_forward_into, SeqAttention,
@@ -494,42 +494,7 @@ impl CpuEngine {
 
     /// Check a micro-batch and return its shifted targets.
     fn check_batch(&self, mb: &MicroBatch<'_>) -> Result<Vec<(usize, u32)>> {
-        let spec = &self.base.spec;
-        if mb.batch == 0 || mb.seq == 0 {
-            return Err(Error::Invalid(format!(
-                "micro-batch of {} x {} tokens: both must be > 0",
-                mb.batch, mb.seq
-            )));
-        }
-        let n = mb.batch.saturating_mul(mb.seq);
-        if mb.ids.len() != n {
-            return Err(Error::Invalid(format!(
-                "micro-batch: {} token ids for {} x {}",
-                mb.ids.len(),
-                mb.batch,
-                mb.seq
-            )));
-        }
-        if mb.seq > spec.max_position_embeddings {
-            return Err(Error::Invalid(format!(
-                "micro-batch: sequences of {} tokens exceed the model's max_position_embeddings {}",
-                mb.seq, spec.max_position_embeddings
-            )));
-        }
-        if let Some((i, &t)) = mb
-            .ids
-            .iter()
-            .enumerate()
-            .find(|(_, &t)| t as usize >= spec.vocab_size)
-        {
-            return Err(Error::Invalid(format!(
-                "micro-batch: row {} position {} has token id {t}, outside the vocabulary of {}",
-                i / mb.seq,
-                i % mb.seq,
-                spec.vocab_size
-            )));
-        }
-        shifted_targets(mb.labels, mb.batch, mb.seq, spec.vocab_size)
+        hone_core::engine::check_micro_batch(&self.base.spec, mb)
     }
 
     fn dims(&self, batch: usize, seq: usize) -> Dims {
