@@ -41,10 +41,10 @@ $(SMOLLM2_GGUF):
 PYENV := $(HONE_CACHE)/pyenv
 export HONE_PYTHON := $(PYENV)/bin/python
 # (bump the stamp's number when the list changes, so that existing caches install it)
-pyenv: $(PYENV)/.installed-2
-$(PYENV)/.installed-2:
+pyenv: $(PYENV)/.installed-3
+$(PYENV)/.installed-3:
 	$(PYTHON) -m venv $(PYENV)
-	$(PYENV)/bin/pip install --quiet tbparse==0.0.9 tensorboard==2.21.0 onnx==1.23.2 onnxruntime==1.31.1 numpy==2.4.6
+	$(PYENV)/bin/pip install --quiet tbparse==0.0.9 tensorboard==2.21.0 onnx==1.23.2 onnxruntime==1.31.1 onnxruntime-genai==0.18.0 numpy==2.4.6
 	touch $@
 
 build:
