@@ -1,13 +1,16 @@
-//! `hone auto-opt`: the model (with an adapter merged in, when given) as an ONNX decoder with a
-//! KV cache that ONNX Runtime runs (`OUT/model.onnx`, inputs/outputs named as ONNX Runtime
-//! GenAI and Optimum name them). fp32 for now; int4, the GenAI folder and adapters as inputs
-//! are not written yet and are refused with a clear message.
+//! `hone auto-opt`: the model as an ONNX decoder with a KV cache that ONNX Runtime runs
+//! (`OUT/model.onnx`, inputs/outputs named as ONNX Runtime GenAI and Optimum name them), with an
+//! adapter merged in (`--adapter_path`), and with `--use_ort_genai` the `genai_config.json` and
+//! tokenizer files ONNX Runtime GenAI loads the folder with.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use hone_core::adapter::LoraAdapter;
+
+/// File name of the exported decoder inside the output folder.
+const MODEL_FILE: &str = "model.onnx";
 
 #[derive(Args)]
 pub struct AutoOptArgs {
@@ -17,7 +20,7 @@ pub struct AutoOptArgs {
     /// A PEFT adapter folder to merge into the exported weights.
     #[arg(long = "adapter_path")]
     adapter_path: Option<PathBuf>,
-    /// Output folder (gets model.onnx).
+    /// Output folder (gets model.onnx, and with --use_ort_genai the GenAI files).
     #[arg(short = 'o', long = "output_path")]
     output_path: PathBuf,
     /// Weight precision of the export (fp32; fp16 and int4 are not written yet).
@@ -29,10 +32,11 @@ pub struct AutoOptArgs {
     /// ONNX Runtime execution provider the model is meant for (CPUExecutionProvider).
     #[arg(long, default_value = "CPUExecutionProvider")]
     provider: String,
-    /// Also write genai_config.json and the tokenizer files for ONNX Runtime GenAI (not yet).
+    /// Also write genai_config.json, tokenizer.json and tokenizer_config.json for ONNX
+    /// Runtime GenAI.
     #[arg(long = "use_ort_genai")]
     use_ort_genai: bool,
-    /// Replace an existing output folder's model.onnx.
+    /// Write into an output folder that already has files (replacing hone's files there).
     #[arg(long)]
     overwrite: bool,
 }
@@ -51,13 +55,7 @@ pub fn cmd_auto_opt(a: AutoOptArgs) -> Result<()> {
             a.provider
         );
     }
-    if a.use_ort_genai {
-        bail!("--use_ort_genai: genai_config.json is not written yet; drop the flag to get model.onnx for ONNX Runtime");
-    }
-    let out = a.output_path.join("model.onnx");
-    if out.exists() && !a.overwrite {
-        bail!("{} exists: pass --overwrite to replace it", out.display());
-    }
+    check_output_folder(&a.output_path, a.overwrite)?;
     let model = hone_core::load_model(&a.model)?;
     let (spec, weights) = match &a.adapter_path {
         Some(dir) => LoraAdapter::load_peft(dir)?
@@ -73,6 +71,7 @@ pub fn cmd_auto_opt(a: AutoOptArgs) -> Result<()> {
     };
     std::fs::create_dir_all(&a.output_path)
         .with_context(|| format!("output folder {}", a.output_path.display()))?;
+    let out = a.output_path.join(MODEL_FILE);
     hone_onnx::write_decoder(&out, &spec, &weights, &hone_onnx::ExportOptions::default())?;
     let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
     eprintln!(
@@ -85,5 +84,34 @@ pub fn cmd_auto_opt(a: AutoOptArgs) -> Result<()> {
             ""
         }
     );
+    if a.use_ort_genai {
+        hone_onnx::write_genai_files(&a.output_path, &model, MODEL_FILE)?;
+        eprintln!(
+            "[hone] wrote {}, tokenizer.json, tokenizer_config.json (ONNX Runtime GenAI)",
+            a.output_path.join(hone_onnx::GENAI_CONFIG_FILE).display()
+        );
+    }
+    Ok(())
+}
+
+/// Refuse to write into a folder that already holds files, unless `overwrite`.
+fn check_output_folder(dir: &Path, overwrite: bool) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        bail!(
+            "--output_path {}: exists and is not a folder",
+            dir.display()
+        );
+    }
+    let has_files = dir.is_dir()
+        && std::fs::read_dir(dir)
+            .with_context(|| format!("output folder {}", dir.display()))?
+            .next()
+            .is_some();
+    if has_files && !overwrite {
+        bail!(
+            "output folder {} exists and is not empty: pass --overwrite to replace hone's files in it",
+            dir.display()
+        );
+    }
     Ok(())
 }

@@ -33,6 +33,8 @@
 //! its tensors as these inputs.
 
 pub mod export;
+pub mod genai;
 pub mod proto;
 
 pub use export::{export_decoder, write_decoder, ExportOptions, OPSET_VERSION};
+pub use genai::{genai_config, write_genai_files, GENAI_CONFIG_FILE};

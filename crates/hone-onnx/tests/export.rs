@@ -2,9 +2,11 @@
 //! through `scripts/onnx_check.py` (the Python named by `HONE_PYTHON`, with numpy, onnx and
 //! onnxruntime), and compare every step's logits with hone-cpu's.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
+use std::path::Path;
+
+use common::{run_script, temp_dir};
 use hone_core::fixtures::{tiny_spec, tiny_weights};
 use hone_core::{Architecture, DType, Error, ModelSpec, WeightStore};
 use hone_cpu::{CpuModel, CpuModelOptions};
@@ -38,25 +40,6 @@ fn cases() -> Vec<Case> {
             decode: DECODE.iter().map(|d| d.to_vec()).collect(),
         },
     ]
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("hone-onnx-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn python() -> PathBuf {
-    match std::env::var_os("HONE_PYTHON") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => panic!(
-            "HONE_PYTHON is not set: this test runs the exported model with ONNX Runtime and \
-             needs a Python with numpy, onnx and onnxruntime, e.g.\n  python3 -m venv \
-             /work/cache/onnxvenv && /work/cache/onnxvenv/bin/pip install onnx \
-             onnxruntime==1.31.1 numpy\n  HONE_PYTHON=/work/cache/onnxvenv/bin/python cargo \
-             test -p hone-onnx"
-        ),
-    }
 }
 
 /// hone-cpu logits per row of a case: steps[s][b] = rows of vocab logits.
@@ -93,28 +76,7 @@ fn run_onnx(model: &Path, spec: &ModelSpec, dir: &Path) -> Value {
             "name": c.name, "prompts": c.prompts, "decode": c.decode,
         })).collect::<Vec<_>>(),
     });
-    let (inp, out) = (dir.join("input.json"), dir.join("output.json"));
-    std::fs::write(&inp, serde_json::to_vec(&input).unwrap()).unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/onnx_check.py");
-    let py = python();
-    let res = Command::new(&py)
-        .arg(&script)
-        .arg(model)
-        .arg(&inp)
-        .arg(&out)
-        .output()
-        .unwrap_or_else(|e| panic!("HONE_PYTHON={}: cannot run it: {e}", py.display()));
-    if !res.status.success() {
-        panic!(
-            "{} {} failed ({}):\n{}{}",
-            py.display(),
-            script.display(),
-            res.status,
-            String::from_utf8_lossy(&res.stdout),
-            String::from_utf8_lossy(&res.stderr)
-        );
-    }
-    serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap()
+    run_script("onnx_check.py", &[model], &input, dir)
 }
 
 /// Export, run with ONNX Runtime, compare; returns the worst relative difference.

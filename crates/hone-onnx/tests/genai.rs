@@ -1,0 +1,140 @@
+//! ONNX Runtime GenAI (onnxruntime-genai from PyPI, through `scripts/genai_check.py`) loads the
+//! exported folder (model.onnx + genai_config.json + tokenizer files) and greedy-generates the
+//! same tokens as hone's CPU engine through `hone_core::generate` (what `hone generate` runs).
+
+mod common;
+
+use std::path::Path;
+
+use common::{run_script, temp_dir};
+use hone_core::fixtures::{tiny_gguf_metadata, tiny_spec, tiny_weights, write_model_gguf};
+use hone_core::generate::{generate, GenerateOptions};
+use hone_core::{Architecture, DType, Model};
+use hone_cpu::{CpuModel, CpuModelOptions, CpuSession};
+use hone_onnx::{write_decoder, write_genai_files, ExportOptions};
+use serde_json::json;
+
+const MAX_NEW_TOKENS: usize = 12;
+const PROMPTS: [&str; 3] = [
+    "the cat sat on the mat",
+    "Hello, world! 123",
+    "in the beginning there was",
+];
+
+/// A tiny model with the tiny GPT-2 tokenizer, written as GGUF and loaded back as hone loads it.
+pub fn tiny_model(dir: &Path, architecture: Architecture, dtype: DType, seed: u64) -> Model {
+    let vocab = hone_core::tokenizer::tiny_gpt2_metadata()
+        .iter()
+        .find(|(k, _)| k == "tokenizer.ggml.tokens")
+        .and_then(|(_, v)| v.as_array().map(|a| a.len()))
+        .unwrap();
+    let spec = tiny_spec(architecture, architecture == Architecture::Llama, vocab);
+    let weights = tiny_weights(&spec, dtype, seed).unwrap();
+    let path = dir.join("tiny.gguf");
+    write_model_gguf(&path, &spec, &weights, &tiny_gguf_metadata(&spec, "tiny")).unwrap();
+    hone_core::load_model(&path).unwrap()
+}
+
+/// hone's greedy ids for `prompt` (tokenized with special tokens, as `hone generate` does).
+fn hone_greedy(model: &Model, prompt: &str) -> (Vec<u32>, Vec<u32>) {
+    let ids = model.tokenizer.encode(prompt, true).unwrap();
+    let cpu = CpuModel::new(
+        &model.spec,
+        &model.weights,
+        CpuModelOptions {
+            dequantize_at_load: false,
+        },
+    )
+    .unwrap();
+    let mut session = CpuSession::new(cpu, ids.len() + MAX_NEW_TOKENS);
+    let opts = GenerateOptions {
+        max_new_tokens: MAX_NEW_TOKENS,
+        eos_ids: model.eos_ids(),
+        ..GenerateOptions::default()
+    };
+    let out = generate(&mut session, &model.tokenizer, &ids, &opts, &mut |_| true).unwrap();
+    (ids, out.ids)
+}
+
+fn check_genai_matches_hone(name: &str, architecture: Architecture) {
+    let dir = temp_dir(name);
+    let model = tiny_model(&dir, architecture, DType::F32, 21);
+    let out = dir.join("genai");
+    std::fs::create_dir_all(&out).unwrap();
+    write_decoder(
+        &out.join("model.onnx"),
+        &model.spec,
+        &model.weights,
+        &ExportOptions::default(),
+    )
+    .unwrap();
+    write_genai_files(&out, &model, "model.onnx").unwrap();
+    let input = json!({
+        "max_new_tokens": MAX_NEW_TOKENS,
+        "runs": PROMPTS.iter().map(|p| json!({"prompt": p})).collect::<Vec<_>>(),
+    });
+    let got = run_script("genai_check.py", &[&out], &input, &dir);
+    for (i, prompt) in PROMPTS.iter().enumerate() {
+        let (want_prompt, want) = hone_greedy(&model, prompt);
+        let run = &got["runs"][i];
+        let ids = |k: &str| -> Vec<u32> {
+            run[k]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect()
+        };
+        assert_eq!(
+            ids("prompt_ids"),
+            want_prompt,
+            "{name}: GenAI's tokenizer (from our tokenizer.json) encodes {prompt:?} differently"
+        );
+        let mut got_ids = ids("ids");
+        // GenAI keeps the eos token that ended generation; hone does not.
+        if got_ids
+            .last()
+            .is_some_and(|id| model.eos_ids().contains(id))
+        {
+            got_ids.pop();
+        }
+        eprintln!("{name} {prompt:?}: hone {want:?}, genai {got_ids:?}");
+        assert_eq!(got_ids, want, "{name}: greedy ids after {prompt:?}");
+        // Random weights pick byte tokens that may not form UTF-8; where they do, the two
+        // detokenizers must agree (invalid bytes are replaced differently).
+        let text = model.tokenizer.decode(&want, true).unwrap();
+        if !text.contains('\u{fffd}') {
+            assert_eq!(run["text"].as_str().unwrap().trim_end(), text.trim_end());
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn genai_greedy_equals_hone_llama() {
+    check_genai_matches_hone("genai_llama", Architecture::Llama);
+}
+
+#[test]
+fn genai_greedy_equals_hone_qwen2() {
+    check_genai_matches_hone("genai_qwen2", Architecture::Qwen2);
+}
+
+#[test]
+fn genai_config_names_the_graph_and_tokens() {
+    let dir = temp_dir("genai_config");
+    let model = tiny_model(&dir, Architecture::Llama, DType::F32, 1);
+    let cfg = hone_onnx::genai_config(&model, "model.onnx");
+    let m = &cfg["model"];
+    assert_eq!(m["type"], "llama");
+    assert_eq!(m["decoder"]["filename"], "model.onnx");
+    assert_eq!(m["decoder"]["num_key_value_heads"], 2);
+    assert_eq!(
+        m["decoder"]["inputs"]["past_key_names"],
+        "past_key_values.%d.key"
+    );
+    assert_eq!(m["eos_token_id"], 2);
+    assert_eq!(m["context_length"], 512);
+    assert_eq!(cfg["search"]["past_present_share_buffer"], false);
+    let _ = std::fs::remove_dir_all(&dir);
+}
