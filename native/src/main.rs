@@ -50,6 +50,9 @@ enum Command {
     /// Export the model (with an adapter merged in) as an ONNX decoder with a KV cache for
     /// ONNX Runtime (`olive auto-opt`'s name; fp32 so far).
     AutoOpt(onnx::AutoOptArgs),
+    /// Write one ONNX Runtime adapter file (.onnx_adapter) per PEFT adapter, for a model
+    /// exported with `hone auto-opt --lora_inputs` (`olive generate-adapter`'s name).
+    GenerateAdapter(onnx::GenerateAdapterArgs),
     /// Convert a PEFT adapter: gguf (llama.cpp LoRA) or peft.
     ExportAdapter(merge::ExportAdapterArgs),
 }
@@ -164,6 +167,7 @@ fn main() -> ExitCode {
         Command::Logits(a) => cmd_logits(a),
         Command::Merge(a) => merge::cmd_merge(a),
         Command::AutoOpt(a) => onnx::cmd_auto_opt(a),
+        Command::GenerateAdapter(a) => onnx::cmd_generate_adapter(a),
         Command::ExportAdapter(a) => merge::cmd_export_adapter(a),
     };
     match result {

@@ -179,3 +179,171 @@ fn ort_genai_generates_what_hone_generate_prints() {
     assert_eq!(format!("{prompt}{genai_text}"), want);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A PEFT adapter for `spec` with random A and B (PEFT's init leaves B at zero), saved in `dir`.
+fn random_peft(dir: &Path, spec: &hone_core::ModelSpec, r: usize, targets: &[&str], seed: u64) {
+    let config = hone_core::adapter::LoraConfig {
+        r,
+        lora_alpha: 2.0 * r as f64,
+        target_modules: targets.iter().map(|t| t.to_string()).collect(),
+        ..Default::default()
+    };
+    let mut adapter = hone_core::adapter::LoraAdapter::init(&config, spec, seed, None).unwrap();
+    let mut rng = hone_core::fixtures::SplitMix64(seed);
+    for t in adapter.tensors.values_mut() {
+        for v in t.values.iter_mut() {
+            *v = rng.symmetric(0.3);
+        }
+    }
+    adapter.save_peft(dir, "tiny").unwrap();
+}
+
+fn run_genai(dir: &Path, folder: &Path, input: serde_json::Value) -> serde_json::Value {
+    let (inp, res) = (dir.join("in.json"), dir.join("out.json"));
+    std::fs::write(&inp, input.to_string()).unwrap();
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/hone-onnx/scripts/genai_check.py");
+    let py = Command::new(python())
+        .arg(&script)
+        .arg(folder)
+        .arg(&inp)
+        .arg(&res)
+        .output()
+        .unwrap();
+    assert!(py.status.success(), "{}", stderr(&py));
+    serde_json::from_slice(&std::fs::read(&res).unwrap()).unwrap()
+}
+
+/// `auto-opt --lora_inputs` + `generate-adapter`: two adapters on one exported base, each
+/// switched in through onnxruntime-genai's adapter API, generate what `hone generate --adapter`
+/// prints; bad adapters are refused naming the tensor.
+#[test]
+fn generate_adapter_files_switch_adapters_in_ort_genai() {
+    let dir = temp_dir("multi");
+    let model = tiny_gguf(&dir, |_| {});
+    let spec = hone_core::load_model(&model).unwrap().spec;
+    let (a1, a2) = (dir.join("tone"), dir.join("style"));
+    random_peft(&a1, &spec, 4, &["q_proj", "v_proj", "down_proj"], 1);
+    random_peft(&a2, &spec, 8, &["q_proj", "v_proj"], 2);
+    let out = dir.join("onnx");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let o = auto_opt(
+        &model,
+        &out,
+        &[
+            "--adapter_path",
+            &s(&a1),
+            "--lora_inputs",
+            "--use_ort_genai",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.join("adapter_weights.onnx_adapter").exists());
+    let adapters = dir.join("adapters");
+    let gen_adapters = |paths: &str, extra: &[&str]| {
+        let mut args = vec![
+            "generate-adapter",
+            "--base_model_path",
+            out.to_str().unwrap(),
+            "--adapter_paths",
+            paths,
+            "--output_path",
+            adapters.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        hone(&args)
+    };
+    let o = gen_adapters(&format!("{},{}", s(&a1), s(&a2)), &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read(adapters.join("tone.onnx_adapter")).unwrap(),
+        std::fs::read(out.join("adapter_weights.onnx_adapter")).unwrap()
+    );
+    let prompt = "the cat";
+    let n = 8;
+    let got = run_genai(
+        &dir,
+        &out,
+        serde_json::json!({
+            "max_new_tokens": n,
+            "adapters": {
+                "tone": adapters.join("tone.onnx_adapter"),
+                "style": adapters.join("style.onnx_adapter"),
+            },
+            "runs": [
+                {"prompt": prompt, "adapter": "tone"},
+                {"prompt": prompt, "adapter": "style"},
+                {"prompt": prompt},
+            ],
+        }),
+    );
+    let tokenizer = hone_core::load_model(&model).unwrap().tokenizer;
+    let mut texts = Vec::new();
+    for (i, adapter) in [Some(&a1), Some(&a2), None].iter().enumerate() {
+        let ids: Vec<u32> = got["runs"][i]["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        let genai_text = tokenizer.decode(&ids, true).unwrap();
+        let mut args = vec![
+            "generate".to_string(),
+            "-m".into(),
+            s(&model),
+            "-p".into(),
+            prompt.into(),
+            "--max_new_tokens".into(),
+            n.to_string(),
+            "--temperature".into(),
+            "0".into(),
+            "-q".into(),
+        ];
+        if let Some(a) = adapter {
+            args.extend(["--adapter".into(), s(a)]);
+        }
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let gen = hone(&argv);
+        assert!(gen.status.success(), "{}", stderr(&gen));
+        let printed = String::from_utf8(gen.stdout).unwrap();
+        assert_eq!(
+            format!("{prompt}{genai_text}\n"),
+            printed,
+            "run {i} ({adapter:?})"
+        );
+        texts.push(printed);
+    }
+    assert!(texts[0] != texts[1] && texts[1] != texts[2], "{texts:?}");
+
+    // Bad input, each one clear line.
+    assert_clear_error(
+        &gen_adapters(&s(&a1), &[]),
+        &["tone.onnx_adapter", "exists", "--overwrite"],
+    );
+    let other = dir.join("other");
+    random_peft(&other, &spec, 4, &["o_proj"], 3);
+    assert_clear_error(
+        &gen_adapters(&s(&other), &[]),
+        &[
+            "base_model.model.model.layers.0.self_attn.o_proj.lora_A.weight",
+            "has no input",
+        ],
+    );
+    let plain = dir.join("plain");
+    assert!(auto_opt(&model, &plain, &[]).status.success());
+    let o = hone(&[
+        "generate-adapter",
+        "--base_model_path",
+        plain.to_str().unwrap(),
+        "--adapter_paths",
+        &s(&a1),
+        "--output_path",
+        dir.join("x").to_str().unwrap(),
+    ]);
+    assert_clear_error(&o, &["no LoRA weights as inputs", "--lora_inputs"]);
+    assert_clear_error(
+        &auto_opt(&model, &dir.join("y"), &["--lora_inputs"]),
+        &["--lora_inputs needs --adapter_path"],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use hone_core::{Architecture, Error, ModelSpec, Result, WeightStore};
 
+use crate::adapter::{lora_a_input, lora_b_input, lora_rank_dim, transpose_scaled, LoraInputs};
 use crate::proto::{Attribute, DataType, Dim, Graph, Model, Node, Tensor, ValueInfo};
 
 /// The ai.onnx opset the graph uses.
@@ -29,12 +30,14 @@ const IR_VERSION: i64 = 8;
 /// A serialized protobuf message must stay below 2 GiB.
 const PROTOBUF_LIMIT: usize = (1 << 31) - 1;
 
-/// How to export. Empty for now: weights are fp32 and no adapter is merged or exposed.
-/// Later options (weight precision, adapters) will be added here; build it with
-/// `ExportOptions::default()`.
+/// How to export; build it with `ExportOptions::default()` and set fields.
 #[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
-pub struct ExportOptions {}
+pub struct ExportOptions {
+    /// Take the LoRA weights of these projections as graph inputs (zero defaults); see the
+    /// crate docs for names and shapes.
+    pub lora: Option<LoraInputs>,
+}
 
 /// The ONNX `ModelProto` bytes of `spec`'s decoder with `weights` as fp32 initializers.
 pub fn export_decoder(
@@ -43,6 +46,9 @@ pub fn export_decoder(
     opts: &ExportOptions,
 ) -> Result<Vec<u8>> {
     check_exportable(spec, weights)?;
+    if let Some(lora) = &opts.lora {
+        check_lora_targets(spec, lora)?;
+    }
     let graph = build_graph(spec, weights, opts)?;
     let model = Model {
         ir_version: IR_VERSION,
@@ -151,11 +157,33 @@ fn check_exportable(spec: &ModelSpec, weights: &WeightStore) -> Result<()> {
     Ok(())
 }
 
+/// Every LoRA target must be a linear module of `spec` with the same sizes, and the rank > 0.
+fn check_lora_targets(spec: &ModelSpec, lora: &LoraInputs) -> Result<()> {
+    if lora.rank == 0 {
+        return Err(Error::Invalid(
+            "onnx export: LoRA inputs need a rank > 0".into(),
+        ));
+    }
+    let linear = hone_core::adapter::linear_modules(spec);
+    for t in &lora.targets {
+        if !linear.contains(t) {
+            return Err(Error::Invalid(format!(
+                "onnx export: LoRA target {} ({} -> {}) is not a linear module of this model",
+                t.module_path, t.in_features, t.out_features
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Builds the node list and initializers, naming values uniquely.
 struct Builder<'a> {
     weights: &'a WeightStore,
+    lora: Option<&'a LoraInputs>,
     nodes: Vec<Node>,
     initializers: Vec<Tensor>,
+    /// Graph inputs beyond the standard ones (LoRA weights).
+    extra_inputs: Vec<ValueInfo>,
     next: usize,
 }
 
@@ -220,13 +248,7 @@ impl<'a> Builder<'a> {
             ));
         }
         let (rows, cols) = (t.shape[0], t.shape[1]);
-        let w = t.to_f32();
-        let mut tr = vec![0f32; w.len()];
-        for r in 0..rows {
-            for c in 0..cols {
-                tr[c * rows + r] = w[r * cols + c];
-            }
-        }
+        let tr = transpose_scaled(&t.to_f32(), rows, cols, 1.0);
         Ok(self.init(Tensor::f32(
             format!("{name}.T"),
             vec![cols as i64, rows as i64],
@@ -237,13 +259,46 @@ impl<'a> Builder<'a> {
     /// `x @ W^T (+ b)` for the HF linear `prefix` (weight `[out, in]`).
     fn linear(&mut self, scope: &str, x: &str, prefix: &str, bias: bool) -> Result<String> {
         let w = self.weight_t(&format!("{prefix}.weight"))?;
-        let y = self.op(scope, "MatMul", &[x, &w], vec![]);
+        let mut y = self.op(scope, "MatMul", &[x, &w], vec![]);
+        if let Some(lora) = self.lora {
+            if let Some(t) = lora.target(prefix) {
+                let rank = Dim::Param(lora_rank_dim(prefix));
+                let a = self.lora_input(
+                    lora_a_input(prefix),
+                    [t.in_features, lora.rank],
+                    [Dim::Value(t.in_features as i64), rank.clone()],
+                );
+                let b = self.lora_input(
+                    lora_b_input(prefix),
+                    [lora.rank, t.out_features],
+                    [rank, Dim::Value(t.out_features as i64)],
+                );
+                let xa = self.op(scope, "MatMul", &[x, &a], vec![]);
+                let delta = self.op(scope, "MatMul", &[&xa, &b], vec![]);
+                y = self.op(scope, "Add", &[&y, &delta], vec![]);
+            }
+        }
         if bias {
             let b = self.weight(&format!("{prefix}.bias"))?;
             Ok(self.op(scope, "Add", &[&y, &b], vec![]))
         } else {
             Ok(y)
         }
+    }
+
+    /// A float graph input `name` with a zero-filled initializer of `shape` as its default.
+    fn lora_input(&mut self, name: String, shape: [usize; 2], dims: [Dim; 2]) -> String {
+        self.extra_inputs.push(ValueInfo {
+            name: name.clone(),
+            elem_type: DataType::Float,
+            dims: dims.to_vec(),
+        });
+        let zeros = vec![0f32; shape[0] * shape[1]];
+        self.init(Tensor::f32(
+            name,
+            shape.iter().map(|&d| d as i64).collect(),
+            &zeros,
+        ))
     }
 
     /// RMSNorm over the last axis: `x / sqrt(mean(x^2) + eps) * w`.
@@ -289,7 +344,7 @@ struct Shared {
     mask: String,
 }
 
-fn build_graph(spec: &ModelSpec, weights: &WeightStore, _opts: &ExportOptions) -> Result<Graph> {
+fn build_graph(spec: &ModelSpec, weights: &WeightStore, opts: &ExportOptions) -> Result<Graph> {
     let (h, nh, kvh, d) = (
         spec.hidden_size as i64,
         spec.num_attention_heads as i64,
@@ -301,8 +356,10 @@ fn build_graph(spec: &ModelSpec, weights: &WeightStore, _opts: &ExportOptions) -
     let vocab = spec.vocab_size as i64;
     let mut b = Builder {
         weights,
+        lora: opts.lora.as_ref(),
         nodes: Vec::new(),
         initializers: Vec::new(),
+        extra_inputs: Vec::new(),
         next: 0,
     };
 
@@ -484,6 +541,7 @@ fn build_graph(spec: &ModelSpec, weights: &WeightStore, _opts: &ExportOptions) -
     );
     b.node_out(sc, "Reshape", &[&logits2, &out_shape], &["logits"], vec![]);
 
+    inputs.append(&mut b.extra_inputs);
     Ok(Graph {
         name: format!("hone_{}_decoder", spec.architecture.model_type()),
         nodes: b.nodes,

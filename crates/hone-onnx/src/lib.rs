@@ -32,9 +32,14 @@
 //! and make it active for a run with `RunOptions::add_active_adapter`; ONNX Runtime then feeds
 //! its tensors as these inputs.
 
+pub mod adapter;
 pub mod export;
 pub mod genai;
 pub mod proto;
 
+pub use adapter::{
+    adapter_params, check_params_fit, encode_onnx_adapter, write_onnx_adapter, AdapterParam,
+    LoraInputs, EXPORT_ADAPTER_FILE,
+};
 pub use export::{export_decoder, write_decoder, ExportOptions, OPSET_VERSION};
 pub use genai::{genai_config, write_genai_files, GENAI_CONFIG_FILE};

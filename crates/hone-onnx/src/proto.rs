@@ -2,8 +2,9 @@
 //!
 //! Field numbers follow `onnx/onnx.proto` (ModelProto, GraphProto, NodeProto, AttributeProto,
 //! TensorProto, ValueInfoProto, TypeProto, TensorShapeProto, OperatorSetIdProto,
-//! StringStringEntryProto). Only encoding is implemented; repeated scalars are written
-//! unpacked except where onnx.proto declares them packed.
+//! StringStringEntryProto). Repeated scalars are written unpacked except where onnx.proto declares
+//! them packed. Decoding is limited to what `hone generate-adapter` needs: the graph's inputs
+//! ([`read_graph_inputs`]).
 
 /// Protobuf wire types used here.
 const WIRE_VARINT: u64 = 0;
@@ -361,6 +362,153 @@ impl Model {
     }
 }
 
+/// A graph input as read back from a model file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputInfo {
+    pub name: String,
+    /// `TensorProto.DataType` value (1 = float).
+    pub elem_type: i64,
+    pub dims: Vec<Dim>,
+}
+
+/// One field of a protobuf message: number, and its value (a varint, or the bytes of a
+/// length-delimited field; fixed-width fields are skipped).
+enum Field<'a> {
+    Varint(u64),
+    Bytes(&'a [u8]),
+    Other,
+}
+
+/// Iterates the fields of one protobuf message; a malformed message ends in an error.
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Reader { buf, pos: 0 }
+    }
+
+    fn varint(&mut self) -> Result<u64, String> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = *self
+                .buf
+                .get(self.pos)
+                .ok_or_else(|| format!("truncated varint at byte {}", self.pos))?;
+            self.pos += 1;
+            v |= u64::from(b & 0x7f) << shift;
+            if b < 0x80 {
+                return Ok(v);
+            }
+        }
+        Err(format!("varint longer than 10 bytes at byte {}", self.pos))
+    }
+
+    fn skip(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.buf.len())
+            .ok_or_else(|| format!("field of {n} bytes at byte {} runs past the end", self.pos))?;
+        let out = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(out)
+    }
+
+    fn next_field(&mut self) -> Result<Option<(u32, Field<'a>)>, String> {
+        if self.pos >= self.buf.len() {
+            return Ok(None);
+        }
+        let key = self.varint()?;
+        let field = (key >> 3) as u32;
+        let value = match key & 7 {
+            WIRE_VARINT => Field::Varint(self.varint()?),
+            WIRE_LEN => {
+                let n = self.varint()? as usize;
+                Field::Bytes(self.skip(n)?)
+            }
+            WIRE_FIXED32 => {
+                self.skip(4)?;
+                Field::Other
+            }
+            1 => {
+                self.skip(8)?;
+                Field::Other
+            }
+            w => return Err(format!("unsupported wire type {w} at byte {}", self.pos)),
+        };
+        Ok(Some((field, value)))
+    }
+
+    /// Every length-delimited field numbered `want`.
+    fn messages(buf: &'a [u8], want: u32) -> Result<Vec<&'a [u8]>, String> {
+        let mut r = Reader::new(buf);
+        let mut out = Vec::new();
+        while let Some((f, v)) = r.next_field()? {
+            if let (true, Field::Bytes(b)) = (f == want, v) {
+                out.push(b);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The inputs of the graph of a serialized `ModelProto` (ModelProto.graph = 7, GraphProto.input
+/// = 11, field numbers as in [`ValueInfo`]'s encoder). Initializers are skipped, not copied.
+pub fn read_graph_inputs(model: &[u8]) -> Result<Vec<InputInfo>, String> {
+    let graph = Reader::messages(model, 7)?
+        .pop()
+        .ok_or("no graph in the model (ModelProto field 7)")?;
+    let mut inputs = Vec::new();
+    for vi in Reader::messages(graph, 11)? {
+        let mut info = InputInfo {
+            name: String::new(),
+            elem_type: 0,
+            dims: Vec::new(),
+        };
+        let mut r = Reader::new(vi);
+        while let Some((f, v)) = r.next_field()? {
+            match (f, v) {
+                (1, Field::Bytes(b)) => info.name = String::from_utf8_lossy(b).into_owned(),
+                (2, Field::Bytes(ty)) => {
+                    for tensor in Reader::messages(ty, 1)? {
+                        let mut t = Reader::new(tensor);
+                        while let Some((f, v)) = t.next_field()? {
+                            match (f, v) {
+                                (1, Field::Varint(e)) => info.elem_type = e as i64,
+                                (2, Field::Bytes(shape)) => {
+                                    for dim in Reader::messages(shape, 1)? {
+                                        info.dims.push(read_dim(dim)?);
+                                    }
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        inputs.push(info);
+    }
+    Ok(inputs)
+}
+
+fn read_dim(buf: &[u8]) -> Result<Dim, String> {
+    let mut r = Reader::new(buf);
+    let mut dim = Dim::Param(String::new());
+    while let Some((f, v)) = r.next_field()? {
+        match (f, v) {
+            (1, Field::Varint(x)) => dim = Dim::Value(x as i64),
+            (2, Field::Bytes(b)) => dim = Dim::Param(String::from_utf8_lossy(b).into_owned()),
+            _ => {}
+        }
+    }
+    Ok(dim)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -407,5 +555,41 @@ mod tests {
         let mut b = Writer::new();
         b.message(5, &inner);
         assert_eq!(a.buf, b.buf);
+    }
+
+    #[test]
+    fn graph_inputs_read_back() {
+        let inputs = vec![
+            ValueInfo {
+                name: "input_ids".into(),
+                elem_type: DataType::Int64,
+                dims: vec![Dim::Param("batch_size".into()), Dim::Value(7)],
+            },
+            ValueInfo {
+                name: "a".into(),
+                elem_type: DataType::Float,
+                dims: vec![Dim::Value(300), Dim::Param("r".into())],
+            },
+        ];
+        let model = Model {
+            ir_version: 8,
+            graph: Graph {
+                initializers: vec![Tensor::f32("a", vec![300, 1], &[0.5; 300])],
+                inputs: inputs.clone(),
+                ..Graph::default()
+            },
+            ..Model::default()
+        };
+        let got = read_graph_inputs(&model.encode()).unwrap();
+        assert_eq!(got.len(), 2);
+        for (g, want) in got.iter().zip(&inputs) {
+            assert_eq!(g.name, want.name);
+            assert_eq!(g.elem_type, want.elem_type as i64);
+            assert_eq!(g.dims, want.dims);
+        }
+        let bytes = model.encode();
+        let err = read_graph_inputs(&bytes[..bytes.len() - 3]).unwrap_err();
+        assert!(err.contains("past the end"), "{err}");
+        assert!(read_graph_inputs(b"").unwrap_err().contains("no graph"));
     }
 }

@@ -6,10 +6,9 @@ mod common;
 
 use std::path::Path;
 
-use common::{run_script, temp_dir};
+use common::{cpu_steps, run_script, temp_dir};
 use hone_core::fixtures::{tiny_spec, tiny_weights};
 use hone_core::{Architecture, DType, Error, ModelSpec, WeightStore};
-use hone_cpu::{CpuModel, CpuModelOptions};
 use hone_onnx::{export_decoder, write_decoder, ExportOptions};
 use serde_json::{json, Value};
 
@@ -46,21 +45,12 @@ fn cases() -> Vec<Case> {
 fn reference(spec: &ModelSpec, weights: &WeightStore, case: &Case) -> Vec<Vec<Vec<Vec<f32>>>> {
     let mut steps: Vec<Vec<Vec<Vec<f32>>>> = vec![Vec::new(); 1 + case.decode.len()];
     for (b, prompt) in case.prompts.iter().enumerate() {
-        let mut model = CpuModel::new(
-            spec,
-            weights,
-            CpuModelOptions {
-                dequantize_at_load: true,
-            },
-        )
-        .unwrap();
-        let mut cache = model.new_cache(64);
-        let logits = model.forward(prompt, &mut cache).unwrap();
-        steps[0].push((0..logits.rows).map(|r| logits.row(r).to_vec()).collect());
-        for (s, toks) in case.decode.iter().enumerate() {
-            let logits = model.forward(&[toks[b]], &mut cache).unwrap();
-            assert_eq!(logits.rows, 1);
-            steps[s + 1].push(vec![logits.row(0).to_vec()]);
+        let decode: Vec<u32> = case.decode.iter().map(|toks| toks[b]).collect();
+        for (s, rows) in cpu_steps(spec, weights, prompt, &decode)
+            .into_iter()
+            .enumerate()
+        {
+            steps[s].push(rows);
         }
     }
     steps

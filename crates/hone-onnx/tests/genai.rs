@@ -4,13 +4,8 @@
 
 mod common;
 
-use std::path::Path;
-
-use common::{run_script, temp_dir};
-use hone_core::fixtures::{tiny_gguf_metadata, tiny_spec, tiny_weights, write_model_gguf};
-use hone_core::generate::{generate, GenerateOptions};
-use hone_core::{Architecture, DType, Model};
-use hone_cpu::{CpuModel, CpuModelOptions, CpuSession};
+use common::{hone_greedy, run_script, temp_dir, tiny_model};
+use hone_core::{Architecture, DType};
 use hone_onnx::{write_decoder, write_genai_files, ExportOptions};
 use serde_json::json;
 
@@ -20,41 +15,6 @@ const PROMPTS: [&str; 3] = [
     "Hello, world! 123",
     "in the beginning there was",
 ];
-
-/// A tiny model with the tiny GPT-2 tokenizer, written as GGUF and loaded back as hone loads it.
-pub fn tiny_model(dir: &Path, architecture: Architecture, dtype: DType, seed: u64) -> Model {
-    let vocab = hone_core::tokenizer::tiny_gpt2_metadata()
-        .iter()
-        .find(|(k, _)| k == "tokenizer.ggml.tokens")
-        .and_then(|(_, v)| v.as_array().map(|a| a.len()))
-        .unwrap();
-    let spec = tiny_spec(architecture, architecture == Architecture::Llama, vocab);
-    let weights = tiny_weights(&spec, dtype, seed).unwrap();
-    let path = dir.join("tiny.gguf");
-    write_model_gguf(&path, &spec, &weights, &tiny_gguf_metadata(&spec, "tiny")).unwrap();
-    hone_core::load_model(&path).unwrap()
-}
-
-/// hone's greedy ids for `prompt` (tokenized with special tokens, as `hone generate` does).
-fn hone_greedy(model: &Model, prompt: &str) -> (Vec<u32>, Vec<u32>) {
-    let ids = model.tokenizer.encode(prompt, true).unwrap();
-    let cpu = CpuModel::new(
-        &model.spec,
-        &model.weights,
-        CpuModelOptions {
-            dequantize_at_load: false,
-        },
-    )
-    .unwrap();
-    let mut session = CpuSession::new(cpu, ids.len() + MAX_NEW_TOKENS);
-    let opts = GenerateOptions {
-        max_new_tokens: MAX_NEW_TOKENS,
-        eos_ids: model.eos_ids(),
-        ..GenerateOptions::default()
-    };
-    let out = generate(&mut session, &model.tokenizer, &ids, &opts, &mut |_| true).unwrap();
-    (ids, out.ids)
-}
 
 fn check_genai_matches_hone(name: &str, architecture: Architecture) {
     let dir = temp_dir(name);
@@ -75,7 +35,7 @@ fn check_genai_matches_hone(name: &str, architecture: Architecture) {
     });
     let got = run_script("genai_check.py", &[&out], &input, &dir);
     for (i, prompt) in PROMPTS.iter().enumerate() {
-        let (want_prompt, want) = hone_greedy(&model, prompt);
+        let (want_prompt, want) = hone_greedy(&model, &model.weights, prompt, MAX_NEW_TOKENS);
         let run = &got["runs"][i];
         let ids = |k: &str| -> Vec<u32> {
             run[k]

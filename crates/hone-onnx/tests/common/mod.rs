@@ -6,6 +6,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use hone_core::fixtures::{tiny_gguf_metadata, tiny_spec, tiny_weights, write_model_gguf};
+use hone_core::generate::{generate, GenerateOptions};
+use hone_core::{Architecture, DType, Model, ModelSpec, WeightStore};
+use hone_cpu::{CpuModel, CpuModelOptions, CpuSession};
 use serde_json::Value;
 
 pub fn temp_dir(name: &str) -> PathBuf {
@@ -54,4 +58,71 @@ pub fn run_script(script: &str, args: &[&Path], input: &Value, dir: &Path) -> Va
         );
     }
     serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap()
+}
+
+/// A tiny model with the tiny GPT-2 tokenizer, written as GGUF and loaded back as hone loads it.
+pub fn tiny_model(dir: &Path, architecture: Architecture, dtype: DType, seed: u64) -> Model {
+    let vocab = hone_core::tokenizer::tiny_gpt2_metadata()
+        .iter()
+        .find(|(k, _)| k == "tokenizer.ggml.tokens")
+        .and_then(|(_, v)| v.as_array().map(|a| a.len()))
+        .unwrap();
+    let spec = tiny_spec(architecture, architecture == Architecture::Llama, vocab);
+    let weights = tiny_weights(&spec, dtype, seed).unwrap();
+    let path = dir.join("tiny.gguf");
+    write_model_gguf(&path, &spec, &weights, &tiny_gguf_metadata(&spec, "tiny")).unwrap();
+    hone_core::load_model(&path).unwrap()
+}
+
+/// hone's greedy ids (with `weights`, e.g. an adapter merged in) for `prompt` (tokenized with special tokens, as `hone generate` does).
+pub fn hone_greedy(
+    model: &Model,
+    weights: &WeightStore,
+    prompt: &str,
+    max_new_tokens: usize,
+) -> (Vec<u32>, Vec<u32>) {
+    let ids = model.tokenizer.encode(prompt, true).unwrap();
+    let cpu = CpuModel::new(
+        &model.spec,
+        weights,
+        CpuModelOptions {
+            dequantize_at_load: false,
+        },
+    )
+    .unwrap();
+    let mut session = CpuSession::new(cpu, ids.len() + max_new_tokens);
+    let opts = GenerateOptions {
+        max_new_tokens,
+        eos_ids: model.eos_ids(),
+        ..GenerateOptions::default()
+    };
+    let out = generate(&mut session, &model.tokenizer, &ids, &opts, &mut |_| true).unwrap();
+    (ids, out.ids)
+}
+
+/// hone-cpu logits (weights dequantized at load) of `prompt` then each `decode` token, one
+/// step each: `steps[0]` has a row per prompt position, `steps[1..]` one row each.
+pub fn cpu_steps(
+    spec: &ModelSpec,
+    weights: &WeightStore,
+    prompt: &[u32],
+    decode: &[u32],
+) -> Vec<Vec<Vec<f32>>> {
+    let mut model = CpuModel::new(
+        spec,
+        weights,
+        CpuModelOptions {
+            dequantize_at_load: true,
+        },
+    )
+    .unwrap();
+    let mut cache = model.new_cache(prompt.len() + decode.len() + 1);
+    let logits = model.forward(prompt, &mut cache).unwrap();
+    let mut steps = vec![(0..logits.rows).map(|r| logits.row(r).to_vec()).collect()];
+    for &tok in decode {
+        let logits = model.forward(&[tok], &mut cache).unwrap();
+        assert_eq!(logits.rows, 1);
+        steps.push(vec![logits.row(0).to_vec()]);
+    }
+    steps
 }
