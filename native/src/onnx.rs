@@ -35,7 +35,8 @@ pub struct AutoOptArgs {
     /// Output folder (gets model.onnx, and with --use_ort_genai the GenAI files).
     #[arg(short = 'o', long = "output_path")]
     output_path: PathBuf,
-    /// Weight precision of the export (fp32; fp16 and int4 are not written yet).
+    /// Weight precision of the projections: fp32, or int4 (ONNX Runtime MatMulNBits, blocks
+    /// of 32; GGUF Q4_0/Q4_1 blocks are kept as they are, other weights are quantized).
     #[arg(long, default_value = "fp32")]
     precision: String,
     /// Target device (cpu).
@@ -54,12 +55,11 @@ pub struct AutoOptArgs {
 }
 
 pub fn cmd_auto_opt(a: AutoOptArgs) -> Result<()> {
-    if a.precision != "fp32" {
-        bail!(
-            "--precision {}: only fp32 is written so far (fp16 and int4 are not implemented yet)",
-            a.precision
-        );
-    }
+    let precision = match a.precision.as_str() {
+        "fp32" => hone_onnx::Precision::Fp32,
+        "int4" => hone_onnx::Precision::Int4,
+        other => bail!("--precision {other}: hone writes fp32 or int4 (fp16 is not implemented)"),
+    };
     if a.device != "cpu" || a.provider != "CPUExecutionProvider" {
         bail!(
             "--device {} --provider {}: only --device cpu --provider CPUExecutionProvider is supported so far",
@@ -73,6 +73,7 @@ pub fn cmd_auto_opt(a: AutoOptArgs) -> Result<()> {
     check_output_folder(&a.output_path, a.overwrite)?;
     let model = hone_core::load_model(&a.model)?;
     let mut opts = hone_onnx::ExportOptions::default();
+    opts.precision = precision;
     let mut lora_adapter = None;
     let (spec, weights) = match &a.adapter_path {
         Some(dir) if a.lora_inputs => {
@@ -106,9 +107,10 @@ pub fn cmd_auto_opt(a: AutoOptArgs) -> Result<()> {
     hone_onnx::write_decoder(&out, &spec, &weights, &opts)?;
     let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
     eprintln!(
-        "[hone] wrote {} ({:.1} MiB, fp32{})",
+        "[hone] wrote {} ({:.1} MiB, {}{})",
         out.display(),
         size as f64 / 1048576.0,
+        a.precision,
         match (&a.adapter_path, a.lora_inputs) {
             (Some(_), true) => ", LoRA weights as inputs",
             (Some(_), false) => ", adapter merged",

@@ -85,8 +85,19 @@ fn auto_opt_writes_the_decoder_and_refuses_to_overwrite() {
     assert!(auto_opt(&model, &out, &["--overwrite"]).status.success());
     assert_clear_error(
         &auto_opt(&model, &out, &["--precision", "fp8", "--overwrite"]),
-        &["--precision fp8"],
+        &["--precision fp8", "fp32 or int4"],
     );
+    // int4: MatMulNBits blocks, well under half the fp32 file.
+    let o = auto_opt(&model, &out, &["--precision", "int4", "--overwrite"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let int4 = std::fs::read(out.join("model.onnx")).unwrap();
+    assert!(
+        int4.len() * 2 < bytes.len(),
+        "{} vs {}",
+        int4.len(),
+        bytes.len()
+    );
+    assert!(int4.windows(11).any(|w| w == b"MatMulNBits"));
     assert_clear_error(
         &auto_opt(&model, &out, &["--device", "npu", "--overwrite"]),
         &["--device npu"],

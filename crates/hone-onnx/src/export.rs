@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use hone_core::{Architecture, Error, ModelSpec, Result, WeightStore};
 
 use crate::adapter::{lora_a_input, lora_b_input, lora_rank_dim, transpose_scaled, LoraInputs};
+use crate::int4::{self, ZeroPoints};
 use crate::proto::{Attribute, DataType, Dim, Graph, Model, Node, Tensor, ValueInfo};
 
 /// The ai.onnx opset the graph uses.
@@ -30,10 +31,26 @@ const IR_VERSION: i64 = 8;
 /// A serialized protobuf message must stay below 2 GiB.
 const PROTOBUF_LIMIT: usize = (1 << 31) - 1;
 
+/// The domain of ONNX Runtime's contrib ops (MatMulNBits).
+pub const MS_DOMAIN: &str = "com.microsoft";
+
+/// Weight precision of the projections.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// Every weight as an fp32 initializer.
+    #[default]
+    Fp32,
+    /// q/k/v/o/gate/up/down as MatMulNBits (4-bit, blocks of 32; see [`crate::int4`]);
+    /// embedding, lm_head and norms stay fp32.
+    Int4,
+}
+
 /// How to export; build it with `ExportOptions::default()` and set fields.
 #[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct ExportOptions {
+    /// Weight precision of the projections.
+    pub precision: Precision,
     /// Take the LoRA weights of these projections as graph inputs (zero defaults); see the
     /// crate docs for names and shapes.
     pub lora: Option<LoraInputs>,
@@ -52,7 +69,10 @@ pub fn export_decoder(
     let graph = build_graph(spec, weights, opts)?;
     let model = Model {
         ir_version: IR_VERSION,
-        opset_import: vec![(String::new(), OPSET_VERSION)],
+        opset_import: match opts.precision {
+            Precision::Fp32 => vec![(String::new(), OPSET_VERSION)],
+            Precision::Int4 => vec![(String::new(), OPSET_VERSION), (MS_DOMAIN.into(), 1)],
+        },
         producer_name: "hone".into(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
         doc_string: format!(
@@ -179,6 +199,7 @@ fn check_lora_targets(spec: &ModelSpec, lora: &LoraInputs) -> Result<()> {
 /// Builds the node list and initializers, naming values uniquely.
 struct Builder<'a> {
     weights: &'a WeightStore,
+    precision: Precision,
     lora: Option<&'a LoraInputs>,
     nodes: Vec<Node>,
     initializers: Vec<Tensor>,
@@ -201,6 +222,7 @@ impl<'a> Builder<'a> {
         self.nodes.push(Node {
             name: format!("{scope}/{op}_{}", self.next),
             op_type: op.into(),
+            domain: String::new(),
             inputs: inputs.iter().map(|s| s.to_string()).collect(),
             outputs: outputs.iter().map(|s| s.to_string()).collect(),
             attributes,
@@ -258,8 +280,7 @@ impl<'a> Builder<'a> {
 
     /// `x @ W^T (+ b)` for the HF linear `prefix` (weight `[out, in]`).
     fn linear(&mut self, scope: &str, x: &str, prefix: &str, bias: bool) -> Result<String> {
-        let w = self.weight_t(&format!("{prefix}.weight"))?;
-        let mut y = self.op(scope, "MatMul", &[x, &w], vec![]);
+        let mut y = self.projection(scope, x, &format!("{prefix}.weight"))?;
         if let Some(lora) = self.lora {
             if let Some(t) = lora.target(prefix) {
                 let rank = Dim::Param(lora_rank_dim(prefix));
@@ -284,6 +305,55 @@ impl<'a> Builder<'a> {
         } else {
             Ok(y)
         }
+    }
+
+    /// `x · Wᵀ` for the `[out, in]` weight `name`: MatMul on the fp32 transpose, or with
+    /// `Precision::Int4` (and `in` a multiple of 32) MatMulNBits on 4-bit blocks.
+    fn projection(&mut self, scope: &str, x: &str, name: &str) -> Result<String> {
+        let t = self.weights.get(name)?;
+        if self.precision == Precision::Fp32 || !int4::fits(t) {
+            let w = self.weight_t(name)?;
+            return Ok(self.op(scope, "MatMul", &[x, &w], vec![]));
+        }
+        let q = int4::quantize(t)?;
+        let (n, k, nb) = (q.n as i64, q.k as i64, q.blocks_per_row() as i64);
+        let packed = self.init(Tensor::u8(
+            format!("{name}.int4"),
+            vec![n, nb, 16],
+            q.packed,
+        ));
+        let scales = self.init(Tensor::f32(
+            format!("{name}.scales"),
+            vec![n * nb],
+            &q.scales,
+        ));
+        let mut inputs = vec![x.to_string(), packed, scales];
+        match q.zero_points {
+            ZeroPoints::Eight => {}
+            ZeroPoints::Float(z) => {
+                inputs.push(self.init(Tensor::f32(format!("{name}.zero_points"), vec![n * nb], &z)))
+            }
+            ZeroPoints::Packed(z) => {
+                let len = z.len() as i64;
+                inputs.push(self.init(Tensor::u8(format!("{name}.zero_points"), vec![len], z)))
+            }
+        }
+        let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        let out = self.op(
+            scope,
+            "MatMulNBits",
+            &refs,
+            vec![
+                Attribute::int("K", k),
+                Attribute::int("N", n),
+                Attribute::int("bits", 4),
+                Attribute::int("block_size", int4::BLOCK as i64),
+            ],
+        );
+        if let Some(node) = self.nodes.last_mut() {
+            node.domain = MS_DOMAIN.into();
+        }
+        Ok(out)
     }
 
     /// A float graph input `name` with a zero-filled initializer of `shape` as its default.
@@ -356,6 +426,7 @@ fn build_graph(spec: &ModelSpec, weights: &WeightStore, opts: &ExportOptions) ->
     let vocab = spec.vocab_size as i64;
     let mut b = Builder {
         weights,
+        precision: opts.precision,
         lora: opts.lora.as_ref(),
         nodes: Vec::new(),
         initializers: Vec::new(),

@@ -2,7 +2,8 @@
 //! a KV cache, with the graph inputs and outputs named as ONNX Runtime GenAI and Optimum expect.
 //!
 //! The ONNX protobuf messages are encoded by hand (`proto`), so the crate depends on nothing
-//! but hone-core. Weights are written as fp32 initializers (quantized weights are dequantized).
+//! but hone-core. Weights are fp32 initializers (quantized weights are dequantized), or with
+//! [`Precision::Int4`] the projections are ONNX Runtime `MatMulNBits` blocks ([`int4`]).
 //!
 //! # Graph inputs and outputs
 //! See [`export`]: `input_ids`, `attention_mask`, `position_ids` (int64) and
@@ -35,11 +36,12 @@
 pub mod adapter;
 pub mod export;
 pub mod genai;
+pub mod int4;
 pub mod proto;
 
 pub use adapter::{
     adapter_params, check_params_fit, encode_onnx_adapter, write_onnx_adapter, AdapterParam,
     LoraInputs, EXPORT_ADAPTER_FILE,
 };
-pub use export::{export_decoder, write_decoder, ExportOptions, OPSET_VERSION};
+pub use export::{export_decoder, write_decoder, ExportOptions, Precision, OPSET_VERSION};
 pub use genai::{genai_config, write_genai_files, GENAI_CONFIG_FILE};

@@ -88,6 +88,7 @@ impl Writer {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DataType {
     Float = 1,
+    Uint8 = 2,
     Int64 = 7,
     Bool = 9,
 }
@@ -113,6 +114,16 @@ impl Tensor {
             dims,
             data_type: DataType::Float,
             raw,
+        }
+    }
+
+    /// A uint8 tensor.
+    pub fn u8(name: impl Into<String>, dims: Vec<i64>, values: Vec<u8>) -> Tensor {
+        Tensor {
+            name: name.into(),
+            dims,
+            data_type: DataType::Uint8,
+            raw: values,
         }
     }
 
@@ -215,18 +226,20 @@ impl Attribute {
     }
 }
 
-/// A `NodeProto` in the default (ai.onnx) domain.
+/// A `NodeProto`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Node {
     pub name: String,
     pub op_type: String,
+    /// "" for ai.onnx, e.g. "com.microsoft" for ONNX Runtime's contrib ops.
+    pub domain: String,
     pub inputs: Vec<String>,
     pub outputs: Vec<String>,
     pub attributes: Vec<Attribute>,
 }
 
 impl Node {
-    /// NodeProto: input = 1, output = 2, name = 3, op_type = 4, attribute = 5.
+    /// NodeProto: input = 1, output = 2, name = 3, op_type = 4, attribute = 5, domain = 7.
     fn encode(&self) -> Writer {
         let mut w = Writer::new();
         for i in &self.inputs {
@@ -239,6 +252,9 @@ impl Node {
         w.string(4, &self.op_type);
         for a in &self.attributes {
             w.message(5, &a.encode());
+        }
+        if !self.domain.is_empty() {
+            w.string(7, &self.domain);
         }
         w
     }
