@@ -99,25 +99,40 @@ wait_quiet
 # shellcheck disable=SC2086
 gj=$("$HONE" bench-train -m "$GGUF" $gcommon --device gpu | tail -n 1)
 echo "$gj" | tee -a "$LOG"
+# The same with --fp16 (mixed precision) where the adapter has shader-f16.
+wait_quiet
+# shellcheck disable=SC2086
+if hj=$("$HONE" bench-train -m "$GGUF" $gcommon --device gpu --fp16 | tail -n 1); then
+  echo "$hj" | tee -a "$LOG"
+else
+  hj=""
+  echo "  --fp16 refused by this adapter (no shader-f16): no fp16 row" >&2
+fi
 wait_quiet
 # shellcheck disable=SC2086
 cj=$("$HONE" bench-train -m "$GGUF" $gcommon --device cpu | tail -n 1)
 echo "$cj" | tee -a "$LOG"
-grow=$(GJ="$gj" CJ="$cj" DATE="$date" MACHINE="$cpu, $cores cores" python3 -c '
+grow=$(GJ="$gj" HJ="$hj" CJ="$cj" DATE="$date" MACHINE="$cpu, $cores cores" python3 -c '
 import json, os
-g, c = json.loads(os.environ["GJ"]), json.loads(os.environ["CJ"])
-cells = [os.environ["DATE"], os.environ["MACHINE"], g["device"], "4 x 256", g["tok_s"], g["s_step"],
-         g["gpu_planned_mib"], c["tok_s"], "%.2fx" % (g["tok_s"] / c["tok_s"])]
-print("| " + " | ".join(str(x) for x in cells) + " |")')
+c = json.loads(os.environ["CJ"])
+for j in [os.environ["GJ"], os.environ["HJ"]]:
+    if not j:
+        continue
+    g = json.loads(j)
+    adapter = g["device"] + (" --fp16" if g.get("fp16") else "")
+    cells = [os.environ["DATE"], os.environ["MACHINE"], adapter, "4 x 256", g["tok_s"], g["s_step"],
+             g["gpu_planned_mib"], c["tok_s"], "%.2fx" % (g["tok_s"] / c["tok_s"])]
+    print("| " + " | ".join(str(x) for x in cells) + " |")')
 add_to_section "## GPU engine (wgpu): LoRA training on SmolLM2-135M-Instruct Q4_1" "
 LoRA r 8, alpha 16, all seven projections, batch 4 x 256, 1 warm-up + N timed steps, next to the CPU
 engine (2 threads) on the same machine in the same run. Planned GPU memory = frozen weights (kept
 quantized) + LoRA/AdamW state + every planned activation. Command:
-\`hone bench-train -m SmolLM2-135M-Instruct.Q4_1.gguf $gcommon --device gpu|cpu\`
+\`hone bench-train -m SmolLM2-135M-Instruct.Q4_1.gguf $gcommon --device gpu|cpu\` (the \`--fp16\` row
+adds \`--fp16\`: f16 products, f32 sums and master weights)
 
 | date | machine | adapter | batch | GPU tok/s | s/step | planned GPU MiB | CPU engine tok/s | GPU / CPU |
 |---|---|---|---|---|---|---|---|---|" "$grow"
-echo "appended a GPU engine row to BENCHMARKS.md"
+echo "appended GPU engine rows to BENCHMARKS.md"
 
 if [[ -z "$HF_DIR" || -z "$PEFT_PYTHON" ]]; then
   echo "no HF folder / PEFT python given: LoRA training rows skipped"

@@ -55,10 +55,15 @@ pub struct BenchTrainArgs {
     /// cpu, gpu (any wgpu adapter, software ones included) or auto.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// GPU engine: time each kernel (every dispatch is then submitted and waited for alone,
-    /// which slows the step; the timed steps' tok/s are not comparable then).
+    /// GPU engine: time each kernel, with GPU timestamp queries where the adapter has
+    /// timestamp-query (each submit then waits for its timestamps), else with the wall clock
+    /// (every dispatch submitted and waited for alone); the output says which. The timed
+    /// steps' tok/s are not comparable then.
     #[arg(long)]
     profile: bool,
+    /// GPU engine: mixed float16 (f16 products, f32 sums and master weights).
+    #[arg(long)]
+    fp16: bool,
 }
 
 pub fn cmd_bench_train(a: BenchTrainArgs) -> Result<()> {
@@ -97,6 +102,7 @@ pub fn cmd_bench_train(a: BenchTrainArgs) -> Result<()> {
                 ..Default::default()
             },
             plan: Some((a.batch, a.seq)),
+            fp16: a.fp16,
         },
         spec,
         &model.weights,
@@ -131,9 +137,10 @@ pub fn cmd_bench_train(a: BenchTrainArgs) -> Result<()> {
     for _ in 0..a.warmup {
         step(&mut engine)?;
     }
+    let mut gpu_clock = None;
     match &mut engine {
         AnyEngine::Cpu(e) => e.reset_profile(),
-        AnyEngine::Gpu(e) if a.profile => e.gpu().start_profile(),
+        AnyEngine::Gpu(e) if a.profile => gpu_clock = Some(e.gpu().start_profile()),
         AnyEngine::Gpu(_) => {}
     }
     let mut times = Vec::with_capacity(a.steps);
@@ -191,6 +198,7 @@ pub fn cmd_bench_train(a: BenchTrainArgs) -> Result<()> {
         "s_step_max": round(max, 3),
         "peak_rss_mib": (status_kib("VmHWM:") as f64 / 1024.0).round(),
         "device": engine.describe(),
+        "fp16": a.fp16,
         "activation_mib": match &engine {
             AnyEngine::Cpu(e) => round(e.activation_bytes() as f64 / (1 << 20) as f64, 1),
             AnyEngine::Gpu(e) => round(e.planned_bytes().activations as f64 / (1 << 20) as f64, 1),
@@ -205,8 +213,18 @@ pub fn cmd_bench_train(a: BenchTrainArgs) -> Result<()> {
         "loss_last": round(losses[losses.len() - 1], 4),
         // Seconds per step in each kind of op (zero where the engine keeps no clock).
         "profile_s_step": if prof_total > 0.0 { serde_json::Value::Object(profile) } else { serde_json::Value::Null },
-        // GPU engine with --profile: seconds per step in each kernel.
+        // GPU engine with --profile: seconds per step in each kernel, and how they were taken.
         "gpu_kernel_s_step": if gpu_profile.is_empty() { serde_json::Value::Null } else { serde_json::Value::Object(gpu_profile) },
+        "gpu_profile_clock": gpu_clock.map(|c| c.describe()),
+        // --fp16: optimizer steps skipped on an f16 overflow (warm-up included), final loss scale.
+        "fp16_skipped_steps": match &engine {
+            AnyEngine::Gpu(e) if a.fp16 => serde_json::Value::from(e.skipped_steps()),
+            _ => serde_json::Value::Null,
+        },
+        "loss_scale": match &engine {
+            AnyEngine::Gpu(e) if a.fp16 => serde_json::Value::from(e.loss_scale()),
+            _ => serde_json::Value::Null,
+        },
     });
     println!("{row}");
     Ok(())

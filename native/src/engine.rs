@@ -28,6 +28,9 @@ pub struct EngineRequest<'a> {
     /// The largest micro-batch (batch, seq) the run will use: the GPU engine plans its memory
     /// for it before the first step.
     pub plan: Option<(usize, usize)>,
+    /// `--fp16`: mixed precision on the GPU engine (needs shader-f16); refused on the CPU,
+    /// which trains in f32 only (as Hugging Face refuses fp16 without a GPU).
+    pub fp16: bool,
 }
 
 /// Check a `--device` value.
@@ -84,14 +87,24 @@ pub fn open_engine(
     say: &dyn Fn(&str),
 ) -> Result<AnyEngine> {
     let gpu = open_gpu(req.device, say)?;
+    if req.fp16 && gpu.is_none() {
+        bail!(
+            "--fp16 (mixed precision) needs the GPU engine: the CPU engine trains in float32; \
+             use --device gpu on an adapter with shader-f16, or drop --fp16"
+        );
+    }
     Ok(match gpu {
         None => AnyEngine::Cpu(Box::new(CpuEngine::new(
             spec, weights, setup, adamw, req.cpu,
         )?)),
         Some(gpu) => {
             let desc = gpu.describe();
-            let mut e =
-                GpuEngine::new(gpu, spec, weights, setup, adamw, GpuTrainOptions::default())?;
+            let opts = GpuTrainOptions {
+                gradient_checkpointing: req.cpu.gradient_checkpointing,
+                fp16: req.fp16,
+                ..Default::default()
+            };
+            let mut e = GpuEngine::new(gpu, spec, weights, setup, adamw, opts)?;
             if let Some((b, s)) = req.plan {
                 e.plan(b, s)?;
             }
@@ -103,7 +116,12 @@ pub fn open_engine(
                 e.lose_device_after(n);
             }
             say(&format!(
-                "[hone] GPU engine on {desc}: planned GPU memory {}",
+                "[hone] GPU engine on {desc}{}: planned GPU memory {}",
+                if req.fp16 {
+                    " (fp16: f16 products, f32 sums and master weights)"
+                } else {
+                    ""
+                },
                 e.planned_bytes()
             ));
             AnyEngine::Gpu(Box::new(e))

@@ -76,6 +76,10 @@ pub struct EvalArgs {
     #[arg(long, default_value = "cpu")]
     #[serde(skip)]
     pub device: String,
+    /// The loss in mixed float16 on the GPU engine (needs --device gpu and shader-f16).
+    #[arg(long)]
+    #[serde(skip)]
+    pub fp16: bool,
 }
 
 /// Keys of a finetune config that matter here; the rest of a training config is ignored.
@@ -147,6 +151,7 @@ fn split_loss(
     data: &SplitData,
     batch_size: usize,
     device: &str,
+    fp16: bool,
 ) -> Result<(f64, usize)> {
     let (config, params) = match adapter {
         Some(a) => (a.config.clone(), adapter_to_params(a)?),
@@ -163,6 +168,7 @@ fn split_loss(
     let mut engine = open_engine(
         EngineRequest {
             device,
+            fp16,
             ..Default::default()
         },
         &model.spec,
@@ -244,6 +250,7 @@ pub fn cmd_eval(args: EvalArgs) -> Result<()> {
             &data,
             cfg.per_device_eval_batch_size,
             &args.device,
+            args.fp16,
         )?;
         if tokens == 0 {
             bail!("no label tokens to compute a loss on");

@@ -177,7 +177,8 @@ pub struct FinetuneArgs {
     /// bfloat16 compute (not available on the CPU engine: refused).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub bf16: Option<bool>,
-    /// float16 compute (not available on the CPU engine: refused).
+    /// Mixed float16 on the GPU engine (f16 products, f32 sums and master weights, dynamic loss
+    /// scaling); needs --device gpu and an adapter with shader-f16 (refused otherwise).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub fp16: Option<bool>,
     /// cpu (gpu: not yet).
@@ -481,13 +482,20 @@ impl TrainerHooks<AnyEngine> for CliHooks<'_> {
 
 /// Refuse what the engines cannot do, before loading anything.
 fn check_engine_options(cfg: &FinetuneConfig) -> Result<()> {
-    if cfg.bf16 || cfg.fp16 {
+    if cfg.bf16 {
         bail!(
-            "--{} is not supported yet: the CPU and GPU engines train in float32 (drop the flag)",
-            if cfg.bf16 { "bf16" } else { "fp16" }
+            "--bf16 is not supported yet: the CPU engine trains in float32, the GPU engine in float32 \
+             or, with --fp16 --device gpu, mixed float16 (drop --bf16)"
         );
     }
-    check_device(&cfg.device)
+    check_device(&cfg.device)?;
+    if cfg.fp16 && cfg.device == "cpu" {
+        bail!(
+            "--fp16 (mixed precision) needs the GPU engine: the CPU engine trains in float32; \
+             use --device gpu, or drop --fp16"
+        );
+    }
+    Ok(())
 }
 
 /// Make the output folder, check that it is writable, and refuse to mix two runs.
@@ -649,6 +657,7 @@ pub fn cmd_finetune(args: FinetuneArgs) -> Result<()> {
                     .max(cfg.per_device_eval_batch_size),
                 max_seq,
             )),
+            fp16: cfg.fp16,
         },
         &model.spec,
         &model.weights,

@@ -323,3 +323,83 @@ fn no_adapter_is_an_error_for_gpu_and_a_fallback_for_auto() {
     assert!(stderr.contains("using the CPU"), "{stderr}");
     let _ = std::fs::remove_dir_all(&s.dir);
 }
+
+/// `--fp16` through the binary: a GPU fine-tune in mixed precision follows the CPU (f32) run
+/// within f16 rounding (5e-3 relative: f32 agrees to 1e-3 here, a broken f16 path by far
+/// more), `hone eval --fp16` gives the CPU's loss as closely, and it is refused where it cannot
+/// run: on the CPU engine, and on an adapter without shader-f16 (llvmpipe through GL).
+#[test]
+fn fp16_follows_the_cpu_run_and_is_refused_where_it_cannot_run() {
+    let s = setup("fp16");
+    let (cpu_out, h_out) = (s.dir.join("cpu"), s.dir.join("fp16"));
+    let (c, h) = (cpu_out.to_str().unwrap(), h_out.to_str().unwrap());
+    let short = ["--max_steps", "2", "--eval_steps", "2"];
+    ok(&hone(&finetune_args(
+        &s,
+        c,
+        &[&short[..], &["--device", "cpu"]].concat(),
+    )));
+    let stderr = ok(&hone(&finetune_args(
+        &s,
+        h,
+        &[
+            &short[..],
+            &["--device", "gpu", "--fp16", "--log_level", "info"],
+        ]
+        .concat(),
+    )));
+    assert!(stderr.contains("fp16: f16 products"), "{stderr}");
+    let (ct, ce) = losses(&cpu_out);
+    let (ht, he) = losses(&h_out);
+    assert_close_curves(&ht, &ct, 5e-3, "fp16 train loss");
+    assert_close_curves(&he, &ce, 5e-3, "fp16 eval loss");
+
+    let config = h_out.join("hone_config.json");
+    let adapter = h_out.join("adapter");
+    let eval = |extra: &[&str]| {
+        let mut a = vec![
+            "eval",
+            "--config",
+            config.to_str().unwrap(),
+            "--adapter",
+            adapter.to_str().unwrap(),
+            "--quiet",
+        ];
+        a.extend_from_slice(extra);
+        let out = hone(&a);
+        ok(&out);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["eval_loss"].as_f64().unwrap()
+    };
+    let (lc, lh) = (
+        eval(&["--device", "cpu"]),
+        eval(&["--device", "gpu", "--fp16"]),
+    );
+    assert!(
+        ((lh - lc) / lc).abs() < 5e-3,
+        "fp16 eval loss {lh} vs cpu {lc}"
+    );
+
+    let refused = |args: Vec<&str>, env: &[(&str, &str)], want: &[&str]| {
+        let res = hone_env(&args, env);
+        let stderr = String::from_utf8_lossy(&res.stderr).to_string();
+        assert_eq!(res.status.code(), Some(1), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        for w in want {
+            assert!(stderr.contains(w), "missing {w:?} in {stderr}");
+        }
+    };
+    let o = s.dir.join("refused");
+    let o = o.to_str().unwrap();
+    refused(
+        finetune_args(&s, o, &["--device", "cpu", "--fp16"]),
+        &[],
+        &["--fp16", "GPU engine", "float32"],
+    );
+    refused(
+        finetune_args(&s, o, &["--device", "gpu", "--fp16"]),
+        &[("WGPU_BACKEND", "gl")],
+        &["--fp16", "shader-f16", "Gl"],
+    );
+    let _ = std::fs::remove_dir_all(&s.dir);
+}

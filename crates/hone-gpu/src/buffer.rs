@@ -179,7 +179,12 @@ impl Gpu {
         pollster::block_on(self.read_all_f32(b))
     }
 
-    async fn read_raw(&self, buf: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
+    pub(crate) async fn read_raw(
+        &self,
+        buf: &wgpu::Buffer,
+        offset: u64,
+        size: u64,
+    ) -> Result<Vec<u8>> {
         if size == 0 {
             return Ok(Vec::new());
         }

@@ -24,6 +24,8 @@ pub struct GpuOptions {
     pub backends: Option<wgpu::Backends>,
     /// Ask for `shader-f16` when the adapter has it.
     pub want_f16: bool,
+    /// Ask for `timestamp-query` when the adapter has it (GPU time in profiles).
+    pub want_timestamps: bool,
 }
 
 impl Default for GpuOptions {
@@ -32,6 +34,7 @@ impl Default for GpuOptions {
             adapter: AdapterChoice::Any,
             backends: None,
             want_f16: true,
+            want_timestamps: true,
         }
     }
 }
@@ -42,6 +45,47 @@ pub struct Kernel {
     pub(crate) name: &'static str,
     pub(crate) pipeline: wgpu::ComputePipeline,
     pub(crate) layout: wgpu::BindGroupLayout,
+}
+
+/// The clock `bench-train --profile` reads per kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProfileClock {
+    /// GPU timestamps at the start and end of each dispatch's compute pass (the device has
+    /// `timestamp-query`): GPU time, with the step recorded and submitted as usual.
+    GpuTimestamps,
+    /// Wall-clock time around each dispatch, submitted and waited for alone (slower, and it
+    /// includes the submit and wait).
+    Wall,
+}
+
+impl ProfileClock {
+    /// How the profile's numbers were taken, for reports.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ProfileClock::GpuTimestamps => "GPU timestamp queries (GPU time per kernel)",
+            ProfileClock::Wall => {
+                "wall clock (each dispatch submitted and waited for alone; no timestamp-query)"
+            }
+        }
+    }
+}
+
+/// Passes timed between two read-backs of the timestamps (two queries each).
+pub(crate) const STAMP_PASSES: usize = (wgpu::QUERY_SET_MAX_QUERIES / 2) as usize;
+
+/// Per-kernel time being collected.
+pub(crate) struct Profile {
+    pub(crate) clock: ProfileClock,
+    pub(crate) secs: HashMap<&'static str, f64>,
+    /// With `GpuTimestamps`: the query set, the buffer it resolves into, and the kernels of
+    /// the passes stamped since the last read-back, in query order.
+    pub(crate) stamps: Option<Stamps>,
+}
+
+pub(crate) struct Stamps {
+    pub(crate) set: wgpu::QuerySet,
+    pub(crate) resolve: wgpu::Buffer,
+    pub(crate) pending: Vec<&'static str>,
 }
 
 /// Faults reported asynchronously by wgpu.
@@ -63,9 +107,8 @@ pub struct Gpu {
     /// A reusable read-back buffer for small reads (the loss, the gradient norm), so a step
     /// allocates nothing.
     pub(crate) small_staging: Mutex<Option<wgpu::Buffer>>,
-    /// Seconds per kernel when profiling (native only): each dispatch is then submitted and
-    /// waited for on its own, which costs speed but attributes the time.
-    pub(crate) profile: Mutex<Option<HashMap<&'static str, f64>>>,
+    /// Seconds per kernel when profiling (native only).
+    pub(crate) profile: Mutex<Option<Profile>>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -107,7 +150,7 @@ impl Gpu {
         if opts.want_f16 && have.contains(wgpu::Features::SHADER_F16) {
             features |= wgpu::Features::SHADER_F16;
         }
-        if have.contains(wgpu::Features::TIMESTAMP_QUERY) {
+        if opts.want_timestamps && have.contains(wgpu::Features::TIMESTAMP_QUERY) {
             features |= wgpu::Features::TIMESTAMP_QUERY;
         }
         // Ask for everything the adapter offers for buffers and bindings: the buffer plan is
@@ -189,6 +232,16 @@ impl Gpu {
         self.features.contains(wgpu::Features::SHADER_F16)
     }
 
+    /// The features the device was opened with.
+    pub fn features(&self) -> wgpu::Features {
+        self.features
+    }
+
+    /// Whether the device was opened with `timestamp-query` (GPU time per compute pass).
+    pub fn has_timestamps(&self) -> bool {
+        self.features.contains(wgpu::Features::TIMESTAMP_QUERY)
+    }
+
     /// Whether the adapter is a CPU emulation.
     pub fn is_software(&self) -> bool {
         is_software(&self.info)
@@ -255,10 +308,58 @@ impl Gpu {
         Ok(())
     }
 
-    /// Start (or restart) timing each kernel: every dispatch is submitted and waited for alone
-    /// (slower; for `bench-train --profile`).
-    pub fn start_profile(&self) {
-        *self.profile.lock().unwrap() = Some(HashMap::new());
+    /// Start (or restart) timing each kernel (for `bench-train --profile`), with GPU
+    /// timestamps where the device has them, else the wall clock; returns the clock.
+    pub fn start_profile(&self) -> ProfileClock {
+        let clock = if self.has_timestamps() {
+            ProfileClock::GpuTimestamps
+        } else {
+            ProfileClock::Wall
+        };
+        // Cannot fail: the clock is one the device has.
+        let _ = self.start_profile_with(clock);
+        clock
+    }
+
+    /// `start_profile` with a given clock; GPU timestamps need `timestamp-query`.
+    pub fn start_profile_with(&self, clock: ProfileClock) -> Result<()> {
+        let stamps = match clock {
+            ProfileClock::Wall => None,
+            ProfileClock::GpuTimestamps => {
+                if !self.has_timestamps() {
+                    return Err(Error::Gpu(format!(
+                        "{} has no timestamp-query: profile with the wall clock",
+                        self.describe()
+                    )));
+                }
+                let n = 2 * STAMP_PASSES as u32;
+                Some(Stamps {
+                    set: self.device.create_query_set(&wgpu::QuerySetDescriptor {
+                        label: Some("profile"),
+                        ty: wgpu::QueryType::Timestamp,
+                        count: n,
+                    }),
+                    resolve: self.device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some("profile timestamps"),
+                        size: n as u64 * wgpu::QUERY_SIZE as u64,
+                        usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                        mapped_at_creation: false,
+                    }),
+                    pending: Vec::new(),
+                })
+            }
+        };
+        *self.profile.lock().unwrap() = Some(Profile {
+            clock,
+            secs: HashMap::new(),
+            stamps,
+        });
+        Ok(())
+    }
+
+    /// The clock of the profile being taken, if any.
+    pub fn profile_clock(&self) -> Option<ProfileClock> {
+        self.profile.lock().unwrap().as_ref().map(|p| p.clock)
     }
 
     /// Seconds spent in each kernel since `start_profile`, largest first.
@@ -268,10 +369,28 @@ impl Gpu {
             .lock()
             .unwrap()
             .as_ref()
-            .map(|m| m.iter().map(|(k, v)| (*k, *v)).collect())
+            .map(|p| p.secs.iter().map(|(k, v)| (*k, *v)).collect())
             .unwrap_or_default();
         v.sort_by(|a, b| b.1.total_cmp(&a.1));
         v
+    }
+
+    /// Add the time of each pass stamped in `resolve` (2 queries per pass, `names` in order),
+    /// after the work that wrote them was submitted. A failed read loses these numbers only.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(crate) fn add_stamps(&self, resolve: &wgpu::Buffer, names: &[&'static str]) {
+        let size = names.len() as u64 * 2 * wgpu::QUERY_SIZE as u64;
+        let Ok(raw) = pollster::block_on(self.read_raw(resolve, 0, size)) else {
+            return;
+        };
+        let ns_per_tick = self.queue.get_timestamp_period() as f64;
+        let mut g = self.profile.lock().unwrap();
+        let Some(p) = g.as_mut() else { return };
+        for (name, pair) in names.iter().zip(raw.chunks_exact(16)) {
+            let t = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
+            let ticks = t(&pair[8..16]).saturating_sub(t(&pair[0..8]));
+            *p.secs.entry(name).or_insert(0.0) += ticks as f64 * ns_per_tick * 1e-9;
+        }
     }
 
     /// Test seam: behave as if the device had been lost.

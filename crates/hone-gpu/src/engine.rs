@@ -17,7 +17,9 @@ use hone_core::{Error, ModelSpec, Result, WeightStore};
 
 use crate::buffer::{align_f32, GBuf};
 use crate::context::Gpu;
-use crate::ops::matmul::{gemm, linear_backward_input, linear_forward, Gemm, GpuWeight};
+use crate::ops::matmul::{
+    gemm_prec, linear_backward_input_prec, linear_forward_prec, Gemm, GpuWeight, Precision,
+};
 use crate::ops::{adamw, attention, dropout, elementwise, loss, matmul, norm, rope, swiglu};
 use crate::recorder::{Arena, Recorder};
 
@@ -30,6 +32,12 @@ pub struct GpuTrainOptions {
     /// Keep one layer's activations (plus every layer's input) and recompute each layer's
     /// forward before its backward: activation memory / ~layers, one more forward per step.
     pub gradient_checkpointing: bool,
+    /// Mixed precision (`--fp16`, as Hugging Face's `fp16=True`): the frozen-weight
+    /// projections, their input gradients and the LoRA products multiply in f16 with f32
+    /// sums; LoRA weights, gradients, AdamW moments, activations, norms, softmax and loss stay
+    /// f32. The loss is scaled as torch's `GradScaler` does (from 2^16, halved and the step
+    /// skipped when a gradient overflows, doubled after 2000 good steps). Needs `shader-f16`.
+    pub fp16: bool,
 }
 
 impl Default for GpuTrainOptions {
@@ -37,6 +45,46 @@ impl Default for GpuTrainOptions {
         GpuTrainOptions {
             loss_chunk_rows: 256,
             gradient_checkpointing: false,
+            fp16: false,
+        }
+    }
+}
+
+/// torch.cuda.amp.GradScaler's defaults.
+const LOSS_SCALE_INIT: f32 = 65536.0;
+const LOSS_SCALE_GROWTH_INTERVAL: u32 = 2000;
+
+/// Dynamic loss scaling for `--fp16` (the scale is 1 and never changes in f32).
+#[derive(Debug, Clone, Copy)]
+struct LossScaler {
+    scale: f32,
+    enabled: bool,
+    good_steps: u32,
+}
+
+impl LossScaler {
+    fn new(enabled: bool) -> LossScaler {
+        LossScaler {
+            scale: if enabled { LOSS_SCALE_INIT } else { 1.0 },
+            enabled,
+            good_steps: 0,
+        }
+    }
+
+    /// After a step's gradients are known: whether they were finite; adjusts the scale.
+    fn update(&mut self, finite: bool) {
+        if !self.enabled {
+            return;
+        }
+        if finite {
+            self.good_steps += 1;
+            if self.good_steps == LOSS_SCALE_GROWTH_INTERVAL {
+                self.scale *= 2.0;
+                self.good_steps = 0;
+            }
+        } else {
+            self.scale = (self.scale * 0.5).max(f32::MIN_POSITIVE);
+            self.good_steps = 0;
         }
     }
 }
@@ -183,6 +231,9 @@ pub struct GpuEngine {
     dropout_seed: u64,
     micro_batch: u64,
     acts: Option<Acts>,
+    scaler: LossScaler,
+    /// Optimizer steps skipped because an f16 gradient overflowed.
+    skipped_steps: u64,
     /// Test seam: report a lost device after this many more micro-batches.
     lose_device_after: Option<u64>,
 }
@@ -222,6 +273,13 @@ impl GpuEngine {
         if opts.loss_chunk_rows == 0 {
             return Err(Error::Invalid("loss_chunk_rows must be > 0".into()));
         }
+        if opts.fp16 && !gpu.has_f16() {
+            return Err(Error::Invalid(format!(
+                "--fp16 needs the shader-f16 feature, which the GPU adapter {} does not have \
+                 (or was not opened with): drop --fp16 to train in float32",
+                gpu.describe()
+            )));
+        }
         let layout = lora_layout(spec, &lora)?;
         let base = load_base(&gpu, spec, weights)?;
         let total = layout.total.max(1);
@@ -257,6 +315,8 @@ impl GpuEngine {
             dropout_seed: 0,
             micro_batch: 0,
             acts: None,
+            scaler: LossScaler::new(opts.fp16),
+            skipped_steps: 0,
             lose_device_after: None,
         })
     }
@@ -272,6 +332,29 @@ impl GpuEngine {
     /// Number of trainable values.
     pub fn num_trainable(&self) -> usize {
         self.lora.total
+    }
+
+    /// Whether the products run in mixed precision (`--fp16`).
+    pub fn fp16(&self) -> bool {
+        self.opts.fp16
+    }
+
+    /// The current loss scale (1 in f32).
+    pub fn loss_scale(&self) -> f32 {
+        self.scaler.scale
+    }
+
+    /// Optimizer steps skipped so far because an f16 gradient overflowed.
+    pub fn skipped_steps(&self) -> u64 {
+        self.skipped_steps
+    }
+
+    /// Test seam: start the `--fp16` loss scale at `scale` instead of 2^16.
+    #[doc(hidden)]
+    pub fn set_loss_scale(&mut self, scale: f32) {
+        if self.scaler.enabled {
+            self.scaler.scale = scale;
+        }
     }
 
     /// Bytes of GPU memory held: frozen weights, trainable state, planned activations.
@@ -361,6 +444,12 @@ impl GpuEngine {
             batch: mb.batch,
             seq,
             drop_seed,
+            prec: if self.opts.fp16 {
+                Precision::F16
+            } else {
+                Precision::F32
+            },
+            loss_scale: self.scaler.scale,
         };
         let mut rec = Recorder::new(gpu, &self.arena);
         matmul::embedding(
@@ -481,6 +570,9 @@ struct Step<'e> {
     batch: usize,
     seq: usize,
     drop_seed: Option<u64>,
+    prec: Precision,
+    /// Multiplies the loss's gradient (the loss scaler's scale; 1 in f32).
+    loss_scale: f32,
 }
 
 impl Step<'_> {
@@ -504,7 +596,7 @@ impl Step<'_> {
         let f = &self.base.layers[l].proj[p];
         let out_f = f.weight.rows;
         let in_f = f.weight.cols;
-        linear_forward(
+        linear_forward_prec(
             rec,
             y.range(0, self.n * out_f),
             x.range(0, self.n * in_f),
@@ -512,6 +604,7 @@ impl Step<'_> {
             f.bias.as_ref().map(|b| b.view()),
             self.n,
             false,
+            self.prec,
         )
     }
 
@@ -559,7 +652,7 @@ impl Step<'_> {
         let (n, r) = (self.n, self.lora.rank);
         let u = self.la(l).u[p].as_ref().expect("planned");
         let xin = self.lora_input(rec, l, p, x, s.in_f)?;
-        gemm(
+        gemm_prec(
             rec,
             u.range(0, n * r),
             xin.range(0, n * s.in_f),
@@ -573,8 +666,9 @@ impl Step<'_> {
             },
             1.0,
             0.0,
+            self.prec,
         )?;
-        gemm(
+        gemm_prec(
             rec,
             y.range(0, n * s.out_f),
             u.range(0, n * r),
@@ -588,6 +682,7 @@ impl Step<'_> {
             },
             self.lora.scale,
             1.0,
+            self.prec,
         )
     }
 
@@ -609,7 +704,7 @@ impl Step<'_> {
         let u = self.la(l).u[p].as_ref().expect("planned");
         let du = &self.a.du;
         // dB[out, r] += scale dy^T u
-        gemm(
+        gemm_prec(
             rec,
             self.grads.range(s.b, s.out_f * r),
             dy.range(0, n * s.out_f),
@@ -623,9 +718,10 @@ impl Step<'_> {
             },
             scale,
             1.0,
+            self.prec,
         )?;
         // du[n, r] = scale dy B
-        gemm(
+        gemm_prec(
             rec,
             du.range(0, n * r),
             dy.range(0, n * s.out_f),
@@ -639,10 +735,11 @@ impl Step<'_> {
             },
             scale,
             0.0,
+            self.prec,
         )?;
         let xin = self.lora_input(rec, l, p, x, s.in_f)?;
         // dA[r, in] += du^T drop(x)
-        gemm(
+        gemm_prec(
             rec,
             self.grads.range(s.a, r * s.in_f),
             du.range(0, n * r),
@@ -656,6 +753,7 @@ impl Step<'_> {
             },
             1.0,
             1.0,
+            self.prec,
         )?;
         // dx += mask * (du A)
         let a = self.params.range(s.a, r * s.in_f);
@@ -669,7 +767,7 @@ impl Step<'_> {
         match (self.drop_seed, &self.a.dxdrop) {
             (Some(seed), Some(dxd)) => {
                 let len = n * s.in_f;
-                gemm(
+                gemm_prec(
                     rec,
                     dxd.range(0, len),
                     du.range(0, n * r),
@@ -677,6 +775,7 @@ impl Step<'_> {
                     shape,
                     1.0,
                     0.0,
+                    self.prec,
                 )?;
                 dropout::dropout_backward(
                     rec,
@@ -689,7 +788,7 @@ impl Step<'_> {
                     true,
                 )
             }
-            _ => gemm(
+            _ => gemm_prec(
                 rec,
                 dx.range(0, n * s.in_f),
                 du.range(0, n * r),
@@ -697,6 +796,7 @@ impl Step<'_> {
                 shape,
                 1.0,
                 1.0,
+                self.prec,
             ),
         }
     }
@@ -820,13 +920,14 @@ impl Step<'_> {
             la.up.range(0, n * f),
             n * f,
         )?;
-        linear_backward_input(
+        linear_backward_input_prec(
             rec,
             a.dh.range(0, n * f),
             a.dres.range(0, n * h),
             w(DOWN),
             n,
             false,
+            self.prec,
         )?;
         self.lora_backward(rec, l, DOWN, &a.hsw, &a.dres, &a.dh)?;
         swiglu::swiglu_backward(
@@ -848,21 +949,23 @@ impl Step<'_> {
             h,
             eps,
         )?;
-        linear_backward_input(
+        linear_backward_input_prec(
             rec,
             a.dxn.range(0, n * h),
             a.dgate.range(0, n * f),
             w(GATE),
             n,
             false,
+            self.prec,
         )?;
-        linear_backward_input(
+        linear_backward_input_prec(
             rec,
             a.dxn.range(0, n * h),
             a.dup.range(0, n * f),
             w(UP),
             n,
             true,
+            self.prec,
         )?;
         self.lora_backward(rec, l, GATE, &a.xn, &a.dgate, &a.dxn)?;
         self.lora_backward(rec, l, UP, &a.xn, &a.dup, &a.dxn)?;
@@ -878,13 +981,14 @@ impl Step<'_> {
             true,
         )?;
         // Attention block.
-        linear_backward_input(
+        linear_backward_input_prec(
             rec,
             a.datt.range(0, n * qd),
             a.dres.range(0, n * h),
             w(O),
             n,
             false,
+            self.prec,
         )?;
         self.lora_backward(rec, l, O, &la.att, &a.dres, &a.datt)?;
         attention::attention_backward(
@@ -932,29 +1036,32 @@ impl Step<'_> {
             h,
             eps,
         )?;
-        linear_backward_input(
+        linear_backward_input_prec(
             rec,
             a.dxn.range(0, n * h),
             a.dq.range(0, n * qd),
             w(Q),
             n,
             false,
+            self.prec,
         )?;
-        linear_backward_input(
+        linear_backward_input_prec(
             rec,
             a.dxn.range(0, n * h),
             a.dk.range(0, n * kvd),
             w(K),
             n,
             true,
+            self.prec,
         )?;
-        linear_backward_input(
+        linear_backward_input_prec(
             rec,
             a.dxn.range(0, n * h),
             a.dv.range(0, n * kvd),
             w(V),
             n,
             true,
+            self.prec,
         )?;
         self.lora_backward(rec, l, Q, &a.xn, &a.dq, &a.dxn)?;
         self.lora_backward(rec, l, K, &a.xn, &a.dk, &a.dxn)?;
@@ -1002,7 +1109,7 @@ impl Step<'_> {
                 h,
                 self.base.eps,
             )?;
-            linear_forward(
+            linear_forward_prec(
                 rec,
                 a.logits.range(0, r * vocab),
                 a.xnl.range(0, r * h),
@@ -1010,9 +1117,10 @@ impl Step<'_> {
                 None,
                 r,
                 false,
+                self.prec,
             )?;
             let scale = match mode {
-                Mode::Train { grad_scale } => Some(grad_scale),
+                Mode::Train { grad_scale } => Some(grad_scale * self.loss_scale),
                 Mode::Eval => None,
             };
             loss::cross_entropy_rows(
@@ -1025,13 +1133,14 @@ impl Step<'_> {
                 scale,
             )?;
             if scale.is_some() {
-                linear_backward_input(
+                linear_backward_input_prec(
                     rec,
                     a.dxnl.range(0, r * h),
                     a.logits.range(0, r * vocab),
                     head,
                     r,
                     false,
+                    self.prec,
                 )?;
                 norm::rmsnorm_backward(
                     rec,
@@ -1098,15 +1207,24 @@ impl Engine for GpuEngine {
             self.norm_scratch.view(),
         )?;
         rec.finish()?;
-        let norm = self.gpu.read_f32(&self.norm_out, 0, 1).await?[0];
+        // The gradients (and their norm) are multiplied by the loss scale.
+        let scale = self.scaler.scale;
+        let norm = self.gpu.read_f32(&self.norm_out, 0, 1).await?[0] / scale;
         let mut rec = Recorder::new(&self.gpu, &self.arena);
         if !norm.is_finite() {
             rec.clear(self.grads.view());
             rec.finish()?;
+            if self.scaler.enabled {
+                // As GradScaler: an f16 overflow skips the step and halves the scale.
+                self.scaler.update(false);
+                self.skipped_steps += 1;
+                return Ok(StepStats { grad_norm: norm });
+            }
             return Err(Error::Invalid(format!(
                 "gradient norm is {norm}: the step was skipped and the gradients dropped"
             )));
         }
+        self.scaler.update(true);
         self.step += 1;
         adamw::adamw_step(
             &mut rec,
@@ -1119,6 +1237,7 @@ impl Engine for GpuEngine {
             lr,
             &self.adamw,
             max_grad_norm.map(|m| (m, self.norm_out.range(0, 1))),
+            1.0 / scale,
         )?;
         rec.finish()?;
         Ok(StepStats { grad_norm: norm })
@@ -1139,7 +1258,12 @@ impl Engine for GpuEngine {
     }
 
     async fn grads(&self) -> Result<Vec<NamedTensor>> {
-        Ok(self.named(&self.read(&self.grads).await?))
+        let mut g = self.read(&self.grads).await?;
+        if self.scaler.scale != 1.0 {
+            let inv = 1.0 / self.scaler.scale;
+            g.iter_mut().for_each(|v| *v *= inv);
+        }
+        Ok(self.named(&g))
     }
 
     async fn optimizer_state(&self) -> Result<OptimizerState> {

@@ -7,7 +7,7 @@
 use hone_core::{Error, Result};
 
 use crate::buffer::{GBuf, View};
-use crate::context::{Gpu, Kernel};
+use crate::context::{Gpu, Kernel, ProfileClock, STAMP_PASSES};
 
 /// Bytes per parameter slot (WebGPU's `minUniformBufferOffsetAlignment` is at most 256).
 const SLOT: u64 = 256;
@@ -86,7 +86,11 @@ impl<'g> Recorder<'g> {
             return;
         }
         #[cfg(not(target_arch = "wasm32"))]
-        let profiling = self.gpu.profile.lock().unwrap().is_some();
+        let clock = self.gpu.profile_clock();
+        #[cfg(target_arch = "wasm32")]
+        let clock: Option<ProfileClock> = None;
+        #[cfg(not(target_arch = "wasm32"))]
+        let profiling = clock == Some(ProfileClock::Wall);
         #[cfg(not(target_arch = "wasm32"))]
         if profiling {
             // Finish what was recorded before, so that the time below is this dispatch's.
@@ -128,6 +132,11 @@ impl<'g> Recorder<'g> {
                 layout: &kernel.layout,
                 entries: &entries,
             });
+        let stamp = if clock == Some(ProfileClock::GpuTimestamps) {
+            self.stamp_slot(kernel.name)
+        } else {
+            None
+        };
         let device = &self.gpu.device;
         let enc = self.encoder.get_or_insert_with(|| {
             device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -135,9 +144,17 @@ impl<'g> Recorder<'g> {
             })
         });
         {
+            let timestamp_writes =
+                stamp
+                    .as_ref()
+                    .map(|(set, i)| wgpu::ComputePassTimestampWrites {
+                        query_set: set,
+                        beginning_of_pass_write_index: Some(2 * i),
+                        end_of_pass_write_index: Some(2 * i + 1),
+                    });
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some(kernel.name),
-                timestamp_writes: None,
+                timestamp_writes,
             });
             pass.set_pipeline(&kernel.pipeline);
             pass.set_bind_group(0, &bind, &[]);
@@ -151,7 +168,7 @@ impl<'g> Recorder<'g> {
             let _ = self.gpu.sync();
             let secs = t.elapsed().as_secs_f64();
             if let Some(m) = self.gpu.profile.lock().unwrap().as_mut() {
-                *m.entry(kernel.name).or_insert(0.0) += secs;
+                *m.secs.entry(kernel.name).or_insert(0.0) += secs;
             }
         }
     }
@@ -191,15 +208,54 @@ impl<'g> Recorder<'g> {
         enc.clear_buffer(v.buf, v.offset, Some(v.size));
     }
 
+    /// The query pair of the next timed pass (the read-back of the previous ones first when
+    /// the set is full), recording `name` as its kernel.
+    fn stamp_slot(&mut self, name: &'static str) -> Option<(wgpu::QuerySet, u32)> {
+        let full = {
+            let g = self.gpu.profile.lock().unwrap();
+            g.as_ref()?.stamps.as_ref()?.pending.len() == STAMP_PASSES
+        };
+        if full {
+            self.submit();
+        }
+        let mut g = self.gpu.profile.lock().unwrap();
+        let st = g.as_mut()?.stamps.as_mut()?;
+        st.pending.push(name);
+        Some((st.set.clone(), st.pending.len() as u32 - 1))
+    }
+
+    /// Resolve the timestamps written by the passes recorded in `enc` into the profile's
+    /// buffer; the kernels they belong to.
+    fn resolve_stamps(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+    ) -> Option<(wgpu::Buffer, Vec<&'static str>)> {
+        let mut g = self.gpu.profile.lock().unwrap();
+        let st = g.as_mut()?.stamps.as_mut()?;
+        if st.pending.is_empty() {
+            return None;
+        }
+        let n = 2 * st.pending.len() as u32;
+        enc.resolve_query_set(&st.set, 0..n, &st.resolve, 0);
+        Some((st.resolve.clone(), std::mem::take(&mut st.pending)))
+    }
+
     /// Send what was recorded (parameters first).
     pub fn submit(&mut self) {
-        if let Some(enc) = self.encoder.take() {
+        if let Some(mut enc) = self.encoder.take() {
+            let stamped = self.resolve_stamps(&mut enc);
             if !self.params.is_empty() {
                 self.gpu
                     .queue
                     .write_buffer(&self.arena.buf, 0, &self.params);
             }
             self.gpu.queue.submit([enc.finish()]);
+            #[cfg(not(target_arch = "wasm32"))]
+            if let Some((resolve, names)) = stamped {
+                self.gpu.add_stamps(&resolve, &names);
+            }
+            #[cfg(target_arch = "wasm32")]
+            let _ = stamped;
         }
         self.params.clear();
         self.slots = 0;

@@ -193,8 +193,8 @@ fn one_step_matches_with_biases_untied_head_and_dropout() {
     one_step(&odd, DType::F32, 0.2, "odd sizes f32 dropout 0.2");
 }
 
-#[test]
-fn twenty_steps_follow_the_cpu_loss_curve_and_checkpoints_move_between_engines() {
+/// The tiny model, LoRA (rank 4, dropout 0.05) and AdamW of the loss-curve tests.
+fn curve_case() -> (ModelSpec, WeightStore, LoraSetup, AdamW) {
     let spec = tiny_spec(Architecture::Llama, true, 300);
     let w = tiny_weights(&spec, DType::Q4_1, 5).unwrap();
     let s = setup(&spec, 4, 0.05);
@@ -202,6 +202,12 @@ fn twenty_steps_follow_the_cpu_loss_curve_and_checkpoints_move_between_engines()
         weight_decay: 0.01,
         ..Default::default()
     };
+    (spec, w, s, hp)
+}
+
+#[test]
+fn twenty_steps_follow_the_cpu_loss_curve_and_checkpoints_move_between_engines() {
+    let (spec, w, s, hp) = curve_case();
     let (mut c, mut g) = engines(&spec, &w, &s, hp);
     let (bsz, seq) = (2, 16);
     let mut worst = 0f64;
@@ -365,4 +371,146 @@ fn faults_are_errors_that_say_what_happened() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("--device cpu"), "{err}");
+}
+
+/// `--fp16` (f16 products, f32 sums, master weights and statistics; loss scaled as GradScaler
+/// does) against the f32 GPU engine and the CPU engine on the same tiny model: one step's loss
+/// and every LoRA gradient, then a 20-step loss curve with AdamW and clipping. Tolerances: f16
+/// rounds each operand to 2^-11 relative, so a loss within 2e-3 and gradients within 2e-2 of
+/// max |gradient| at step 0, losses within 3e-2 along the curve (f32 agrees to 2e-5 / 2e-4 /
+/// 1e-3; a wrong kernel is off by order 1).
+#[test]
+fn fp16_training_follows_f32_within_f16_rounding() {
+    let (spec, w, s, hp) = curve_case();
+    let (mut c, mut g) = engines(&spec, &w, &s, hp);
+    let fp16 = GpuTrainOptions {
+        fp16: true,
+        ..Default::default()
+    };
+    let mut h = GpuEngine::new(gpu(), &spec, &w, s.clone(), hp, fp16).unwrap();
+    assert!(h.fp16() && !g.fp16());
+    assert_eq!((h.loss_scale(), g.loss_scale()), (65536.0, 1.0));
+    // GradScaler's 2^16 overflows this model's f16 LoRA products (it would skip the first
+    // steps while it halves); start where it settles so that every step compares.
+    h.set_loss_scale(1024.0);
+    block_on(h.set_params(&random_lora(&s, 7))).unwrap();
+    let (bsz, seq) = (2, 16);
+    let mut worst = (0f64, 0f32);
+    for step in 0..20u64 {
+        let b = batch(spec.vocab_size, bsz, seq, 100 + step % 3);
+        let mut losses = Vec::new();
+        for e in [&mut c as &mut dyn Engine1, &mut g, &mut h] {
+            e.seed(step);
+            losses.push(e.fb(&mb(&b, bsz, seq), 1.0 / 28.0));
+        }
+        let (lc, lg, lh) = (losses[0], losses[1], losses[2]);
+        if step == 0 {
+            let gc = block_on(c.grads()).unwrap();
+            let (dg, dh) = (
+                rel_diff(&block_on(g.grads()).unwrap(), &gc),
+                rel_diff(&block_on(h.grads()).unwrap(), &gc),
+            );
+            let dhg = rel_diff(&block_on(h.grads()).unwrap(), &block_on(g.grads()).unwrap());
+            eprintln!(
+                "fp16 step 0: grads vs cpu {dh:.2e} (f32 gpu {dg:.2e}), vs f32 gpu {dhg:.2e}"
+            );
+            assert!(
+                dh < 2e-2 && dhg < 2e-2,
+                "fp16 LoRA gradients off by {dh:.2e} / {dhg:.2e}"
+            );
+            // f16 really rounds: not the f32 engine's gradients bit for bit.
+            assert!(dhg > 0.0);
+        }
+        let rel = |a: f64, b: f64| ((a - b) / b).abs();
+        let (rc, rg) = (rel(lh, lc), rel(lh, lg));
+        worst = (worst.0.max(rc.max(rg)), worst.1);
+        // Step 0 compares one forward; later steps also carry the f16 rounding of every
+        // earlier update (AdamW's normalised steps magnify the noise of small gradients, and
+        // the f16 head rounds logits in absolute terms, as autocast's does): the curves drift
+        // apart slowly, 1.5e-2 by step 20 here, so 3e-2.
+        let tol = if step == 0 { 2e-3 } else { 3e-2 };
+        assert!(
+            rc < tol && rg < tol,
+            "step {step}: fp16 loss {lh} vs cpu {lc}, f32 gpu {lg}"
+        );
+        let norms: Vec<f32> = [&mut c as &mut dyn Engine1, &mut g, &mut h]
+            .into_iter()
+            .map(|e| e.opt(3e-3, Some(0.5)))
+            .collect();
+        let nrel = ((norms[2] - norms[0]) / norms[0]).abs();
+        worst.1 = worst.1.max(nrel);
+        let ntol = if step == 0 { 2e-2 } else { 6e-2 };
+        assert!(
+            nrel < ntol,
+            "step {step}: fp16 grad norm {} vs cpu {}",
+            norms[2],
+            norms[0]
+        );
+    }
+    let dp = rel_diff(
+        &block_on(h.params()).unwrap(),
+        &block_on(c.params()).unwrap(),
+    );
+    eprintln!(
+        "fp16 20 steps: worst loss rel diff {:.2e}, grad norm {:.2e}, params after {dp:.2e}",
+        worst.0, worst.1
+    );
+    assert!(
+        dp < 1e-1,
+        "fp16 parameters after 20 steps differ by {dp:.2e}"
+    );
+    assert_eq!(h.skipped_steps(), 0);
+
+    // An overflowing step (gradients beyond f16 under the loss scale) is skipped as GradScaler
+    // skips it: parameters and AdamW step unchanged, scale halved, gradients dropped.
+    let before = block_on(h.params()).unwrap();
+    let b = batch(spec.vocab_size, bsz, seq, 7);
+    block_on(h.forward_backward(&mb(&b, bsz, seq), 1e4)).unwrap();
+    let st = block_on(h.optimizer_step(3e-3, Some(0.5))).unwrap();
+    assert!(!st.grad_norm.is_finite(), "{}", st.grad_norm);
+    assert_eq!((h.skipped_steps(), h.loss_scale()), (1, 512.0));
+    assert_eq!(block_on(h.optimizer_state()).unwrap().step, 20);
+    assert_eq!(rel_diff(&block_on(h.params()).unwrap(), &before), 0.0);
+    // The f32 engine has no scaler: the same overflow-free step is no error there, and a
+    // normal step after the skip trains again.
+    block_on(h.forward_backward(&mb(&b, bsz, seq), 1.0 / 28.0)).unwrap();
+    assert!(block_on(h.optimizer_step(3e-3, Some(0.5)))
+        .unwrap()
+        .grad_norm
+        .is_finite());
+    assert_eq!(block_on(h.optimizer_state()).unwrap().step, 21);
+
+    // A device without shader-f16 (the browser's SwiftShader; here lavapipe opened without it)
+    // refuses --fp16 naming the adapter and the feature.
+    let plain = Gpu::new_blocking(&GpuOptions {
+        want_f16: false,
+        ..Default::default()
+    })
+    .unwrap();
+    let name = plain.describe();
+    let err = GpuEngine::new(Arc::new(plain), &spec, &w, s.clone(), hp, fp16)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("--fp16") && err.contains("shader-f16") && err.contains(&name),
+        "{err}"
+    );
+}
+
+/// The engine calls the fp16 test drives on all three engines in turn.
+trait Engine1 {
+    fn seed(&mut self, s: u64);
+    fn fb(&mut self, b: &MicroBatch<'_>, scale: f32) -> f64;
+    fn opt(&mut self, lr: f32, clip: Option<f32>) -> f32;
+}
+impl<E: Engine> Engine1 for E {
+    fn seed(&mut self, s: u64) {
+        self.set_dropout_seed(s);
+    }
+    fn fb(&mut self, b: &MicroBatch<'_>, scale: f32) -> f64 {
+        block_on(self.forward_backward(b, scale)).unwrap().mean()
+    }
+    fn opt(&mut self, lr: f32, clip: Option<f32>) -> f32 {
+        block_on(self.optimizer_step(lr, clip)).unwrap().grad_norm
+    }
 }

@@ -12,7 +12,8 @@ use hone_core::{Bytes, DType, TensorEntry};
 use hone_cpu::matmul::{matmul_forward, Weight};
 use hone_cpu::train::linalg::matmul_backward;
 use hone_gpu::ops::matmul::{
-    embedding, gemm, linear_backward_input, linear_forward, Gemm, GpuWeight,
+    embedding, gemm, gemm_prec, linear_backward_input, linear_backward_input_prec, linear_forward,
+    linear_forward_prec, Gemm, GpuWeight, Precision,
 };
 use hone_gpu::{Arena, Gpu, GpuOptions, Recorder};
 
@@ -471,4 +472,149 @@ fn bench_linear_forward() {
     eprintln!(
         "gemm [1024,576]x[576,8]: {gf:.1} GFLOP/s; [8,1024]x[1024,576] (trans_a): {gf2:.1} GFLOP/s"
     );
+}
+
+/// Mixed precision (`Precision::F16`, lavapipe has shader-f16): operands rounded to f16 (relative
+/// error 2^-11 each), products summed in f32. Against the f64/f32 references the error is a few
+/// f16 roundings per term, growing like sqrt(terms): 1e-3 x sqrt(terms / 16), at least 2e-3,
+/// of max |value| (observed: about a third of that). Wrong indexing or a sum in f16 would
+/// exceed it.
+fn half_tol(terms: usize) -> f32 {
+    (1e-3 * (terms as f32 / 16.0).sqrt()).max(2e-3)
+}
+
+#[test]
+fn f16_products_match_f32_within_f16_rounding() {
+    let gpu = gpu();
+    assert!(gpu.has_f16(), "{} has no shader-f16", gpu.describe());
+    let arena = Arena::new(&gpu);
+    let mut rng = Rng::new(21);
+    let mut worst = 0f32;
+    // The four generated bodies (float / block weights, forward / backward) through a float
+    // type, a 32-block and a 256-super-block type (kernels compile for seconds each here).
+    let cases = [DType::F16, DType::Q4K]
+        .iter()
+        .map(|&d| (d, 45, cols_for(d), 37))
+        .chain([(DType::Q4_1, 192, 576, 67)]);
+    for (dtype, n, k, m) in cases {
+        let t = random_tensor(&mut rng, "w", dtype, n, k);
+        let gw = GpuWeight::upload(&gpu, &t).unwrap();
+        let cw = Weight::from_entry(&t);
+        let x = rng.vec(m * k);
+        let bias = rng.vec(n);
+        let y0 = rng.vec(m * n);
+        let dy = rng.vec(m * n);
+        let dx0 = rng.vec(m * k);
+        let xb = gpu.upload_f32("x", &x).unwrap();
+        let bb = gpu.upload_f32("bias", &bias).unwrap();
+        let dyb = gpu.upload_f32("dy", &dy).unwrap();
+        let yb = gpu.upload_f32("y", &y0).unwrap();
+        let dxb = gpu.upload_f32("dx", &dx0).unwrap();
+        let mut rec = Recorder::new(&gpu, &arena);
+        let (x_, y_, b_) = (xb.view(), yb.view(), Some(bb.view()));
+        linear_forward_prec(&mut rec, y_, x_, &gw, b_, m, true, Precision::F16).unwrap();
+        let (dx_, dy_) = (dxb.view(), dyb.view());
+        linear_backward_input_prec(&mut rec, dx_, dy_, &gw, m, true, Precision::F16).unwrap();
+        rec.finish().unwrap();
+        let mut want = vec![0f32; m * n];
+        matmul_forward(&mut want, &x, &cw, Some(&bias), m);
+        for (w, y) in want.iter_mut().zip(&y0) {
+            *w += y;
+        }
+        let got = gpu.read_f32_blocking(&yb).unwrap();
+        let (e, tol) = (rel_err(&got, &want), half_tol(k));
+        assert!(e <= tol, "{dtype} f16 forward m={m}: {e:e} > {tol:e}");
+        worst = worst.max(e / tol);
+        let mut want = dx0.clone();
+        matmul_backward(&mut want, &dy, &cw, m, true);
+        let got = gpu.read_f32_blocking(&dxb).unwrap();
+        let (e, tol) = (rel_err(&got, &want), half_tol(n));
+        assert!(e <= tol, "{dtype} f16 backward m={m}: {e:e} > {tol:e}");
+        worst = worst.max(e / tol);
+    }
+    // Every transpose at odd sizes, then the LoRA products (u = x A^T, dA = du^T x).
+    let all = [(false, false), (false, true), (true, false), (true, true)];
+    let lora = [
+        ((100, 8, 576), (false, true)),
+        ((8, 576, 100), (true, false)),
+    ];
+    let cases = all.iter().map(|&t| ((37, 67, 13), t)).chain(lora);
+    for ((m, n, k), (trans_a, trans_b)) in cases {
+        {
+            let g = Gemm {
+                m,
+                n,
+                k,
+                trans_a,
+                trans_b,
+            };
+            let a = rng.vec(m * k);
+            let b = rng.vec(k * n);
+            let c0 = rng.vec(m * n);
+            let (ab, bb) = (
+                gpu.upload_f32("a", &a).unwrap(),
+                gpu.upload_f32("b", &b).unwrap(),
+            );
+            let cb = gpu.upload_f32("c", &c0).unwrap();
+            let mut rec = Recorder::new(&gpu, &arena);
+            let (c_, a_, b_) = (cb.view(), ab.view(), bb.view());
+            gemm_prec(&mut rec, c_, a_, b_, g, 0.5, 1.0, Precision::F16).unwrap();
+            rec.finish().unwrap();
+            let mut want = c0.clone();
+            gemm_ref(&mut want, &a, &b, g, 0.5, 1.0);
+            let got = gpu.read_f32_blocking(&cb).unwrap();
+            let (e, tol) = (rel_err(&got, &want), half_tol(k));
+            assert!(e <= tol, "f16 gemm {g:?}: {e:e} > {tol:e}");
+            worst = worst.max(e / tol);
+        }
+    }
+    eprintln!("worst f16 error / tolerance: {worst:.3}");
+    // Rounding to f16 is really there: the f16 forward differs from the f32 one.
+    let t = random_tensor(&mut rng, "w", DType::F32, 16, 64);
+    let gw = GpuWeight::upload(&gpu, &t).unwrap();
+    let x = rng.vec(4 * 64);
+    let xb = gpu.upload_f32("x", &x).unwrap();
+    let out = |prec| {
+        let yb = gpu.zeros("y", 4 * 16).unwrap();
+        let mut rec = Recorder::new(&gpu, &arena);
+        linear_forward_prec(&mut rec, yb.view(), xb.view(), &gw, None, 4, false, prec).unwrap();
+        rec.finish().unwrap();
+        gpu.read_f32_blocking(&yb).unwrap()
+    };
+    assert_ne!(out(Precision::F16), out(Precision::F32));
+}
+
+/// `y = x · Wᵀ` for a `[2, 4]` weight `name` and one row `x`, in f16 on `gpu`.
+fn f16_forward(gpu: &Gpu, name: &str, w: &[f32], x: &[f32]) -> hone_core::Result<Vec<f32>> {
+    let arena = Arena::new(gpu);
+    let gw = GpuWeight::from_f32(gpu, name, 2, 4, w)?;
+    let (xb, yb) = (gpu.upload_f32("x", x)?, gpu.zeros("y", 2)?);
+    let mut rec = Recorder::new(gpu, &arena);
+    let (y_, x_) = (yb.view(), xb.view());
+    linear_forward_prec(&mut rec, y_, x_, &gw, None, 1, false, Precision::F16)?;
+    rec.finish()?;
+    gpu.read_f32_blocking(&yb)
+}
+
+#[test]
+fn f16_overflow_is_inf_and_no_shader_f16_is_refused() {
+    // An input beyond f16's range (65504) gives ±inf, not a clamped or arbitrary value.
+    let w = [1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0];
+    let y = f16_forward(&gpu(), "w", &w, &[1e5, 1.0, 1.0, 1.0]).unwrap();
+    assert!(
+        y[0].is_infinite() && y[0] > 0.0 && y[1].is_infinite() && y[1] < 0.0,
+        "{y:?}"
+    );
+    // A device opened without shader-f16 (as in the browser): a clear error, no panic.
+    let plain = Gpu::new_blocking(&GpuOptions {
+        want_f16: false,
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(!plain.has_f16());
+    let name = "model.layers.0.mlp.up_proj.weight";
+    let err = f16_forward(&plain, name, &w, &[0.0; 4])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(name) && err.contains("shader-f16"), "{err}");
 }

@@ -111,7 +111,10 @@ fn adamw_with_clipping_matches_the_cpu_over_several_steps() {
         for step in 1..=4u64 {
             let what = format!("clip {clip:?}, step {step}");
             let mut g = rng.vec(n, 0.004 * step as f32);
-            gpu.write_f32(&gb, 0, &g);
+            // Step 3's gradients come multiplied by a loss scale (--fp16), undone in the step.
+            let loss_scale = if step == 3 { 1024.0 } else { 1.0 };
+            let scaled: Vec<f32> = g.iter().map(|v| v * loss_scale).collect();
+            gpu.write_f32(&gb, 0, &scaled);
             let before = p.clone();
             let norm = cpu::grad_norm(&g);
             if let Some(max) = clip {
@@ -133,11 +136,13 @@ fn adamw_with_clipping_matches_the_cpu_over_several_steps() {
                 lr,
                 &hp,
                 c,
+                1.0 / loss_scale,
             )
             .unwrap();
             rec.finish().unwrap();
             let read = |b| gpu.read_f32_blocking(b).unwrap();
-            assert_close(&read(&nb), &[norm], 1e-5, &format!("norm, {what}"));
+            let scaled_norm = norm * loss_scale;
+            assert_close(&read(&nb), &[scaled_norm], 1e-5, &format!("norm, {what}"));
             let got_p = read(&pb);
             assert_close(&got_p, &p, 1e-6, &format!("params, {what}"));
             // The update itself, much smaller than the parameters.
@@ -174,8 +179,8 @@ fn adamw_rejects_bad_arguments() {
     let hp = AdamW::default();
     let mut rec = Recorder::new(&gpu, &arena);
     let (b, s) = (b.view(), s.view());
-    assert!(adamw::adamw_step(&mut rec, b, b, b, b, 100, 0, 1e-3, &hp, None).is_err());
-    assert!(adamw::adamw_step(&mut rec, b, b, s, b, 100, 1, 1e-3, &hp, None).is_err());
+    assert!(adamw::adamw_step(&mut rec, b, b, b, b, 100, 0, 1e-3, &hp, None, 1.0).is_err());
+    assert!(adamw::adamw_step(&mut rec, b, b, s, b, 100, 1, 1e-3, &hp, None, 1.0).is_err());
     assert!(adamw::grad_norm(&mut rec, b, s, 100, b).is_err());
     assert!(dropout::dropout_forward(&mut rec, b, b, 100, 1, 2, 1.0).is_err());
     assert!(dropout::dropout_forward(&mut rec, b, b, 100, 1, 2, -0.1).is_err());

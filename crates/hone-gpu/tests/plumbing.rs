@@ -34,3 +34,68 @@ fn a_shader_error_is_an_error_not_a_panic() {
     let err = gpu.kernel("broken", "fn main( {", "").unwrap_err();
     assert!(err.to_string().contains("kernel broken"), "{err}");
 }
+
+/// `bench-train --profile`'s clocks: GPU timestamp queries around each dispatch's pass where
+/// the device has timestamp-query (lavapipe has it), else the wall clock per dispatch. Both
+/// attribute time to the kernel by name; the GPU time of work that was waited for is
+/// positive and below the wall time of the whole run.
+#[test]
+fn profile_times_kernels_with_gpu_timestamps_or_the_wall_clock() {
+    use hone_gpu::context::ProfileClock;
+    let gpu = Gpu::new_blocking(&GpuOptions::default()).unwrap();
+    assert!(
+        gpu.has_timestamps(),
+        "{} has no timestamp-query",
+        gpu.describe()
+    );
+    let n = 1 << 20;
+    let xb = gpu.zeros("x", n).unwrap();
+    let yb = gpu.zeros("y", n).unwrap();
+    let arena = Arena::new(&gpu);
+    for clock in [ProfileClock::GpuTimestamps, ProfileClock::Wall] {
+        gpu.start_profile_with(clock).unwrap();
+        assert_eq!(gpu.profile_clock(), Some(clock));
+        let t = std::time::Instant::now();
+        let mut rec = Recorder::new(&gpu, &arena);
+        for _ in 0..20 {
+            elementwise::axpby(&mut rec, yb.view(), xb.view(), 2.0, -1.0, n).unwrap();
+        }
+        rec.finish().unwrap();
+        gpu.sync().unwrap();
+        let wall = t.elapsed().as_secs_f64();
+        let prof = gpu.profile();
+        eprintln!(
+            "{clock:?}: {prof:?} (wall {wall:.4} s) - {}",
+            clock.describe()
+        );
+        assert_eq!(prof.len(), 1, "{prof:?}");
+        let (name, secs) = prof[0];
+        assert_eq!(name, "axpby");
+        assert!(secs > 0.0 && secs <= wall, "{secs} s of {wall} s");
+    }
+    // More passes than one query set holds: the recorder reads back and carries on.
+    gpu.start_profile_with(ProfileClock::GpuTimestamps).unwrap();
+    let mut rec = Recorder::new(&gpu, &arena);
+    for _ in 0..2100 {
+        elementwise::axpby(&mut rec, yb.range(0, 64), xb.range(0, 64), 1.0, 1.0, 64).unwrap();
+    }
+    rec.finish().unwrap();
+    assert!(gpu.profile()[0].1 > 0.0);
+    // A device without timestamp-query: start_profile falls back to the wall clock, and GPU
+    // time is refused with the device's name.
+    let plain = Gpu::new_blocking(&GpuOptions {
+        want_timestamps: false,
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(!plain.has_timestamps());
+    assert_eq!(plain.start_profile(), ProfileClock::Wall);
+    let err = plain
+        .start_profile_with(ProfileClock::GpuTimestamps)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("timestamp-query") && err.contains(&plain.describe()),
+        "{err}"
+    );
+}

@@ -1,9 +1,9 @@
 // One AdamW step as hone_cpu::train::adamw::adamw_step (torch.optim.AdamW), after the
-// gradient is scaled by clip_coef() (defined with the specialisation: 1, or
+// gradient is multiplied by inv_scale (a loss scale undone) and by clip_coef() (defined with the specialisation: 1, or
 // clip_grad_norm_'s max_norm / (norm + 1e-6) when below 1); then the gradient is zeroed.
 struct Params {
     n: u32, nx: u32, step_size: f32, bc2_sqrt: f32, decay: f32, w1: f32, beta2: f32,
-    w2: f32, eps: f32, max_norm: f32,
+    w2: f32, eps: f32, max_norm: f32, inv_scale: f32,
 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> params: array<f32>;
@@ -15,7 +15,8 @@ struct Params {
 fn main(@builtin(global_invocation_id) id: vec3<u32>) {
     let i = id.x + id.y * p.nx * 256u;
     if (i >= p.n) { return; }
-    let g = grads[i] * clip_coef();
+    // inv_scale undoes a loss scale (1 in f32: the product is then exact).
+    let g = grads[i] * p.inv_scale * clip_coef();
     var w = params[i] * p.decay;
     var m = exp_avg[i];
     m += p.w1 * (g - m);

@@ -14,7 +14,7 @@ const WG: usize = 256;
 const NO_CLIP: &str = "fn clip_coef() -> f32 { return 1.0; }";
 const CLIP: &str = "@group(0) @binding(5) var<storage, read_write> gnorm: array<f32>;
 fn clip_coef() -> f32 {
-    let c = p.max_norm / (gnorm[0] + 1e-6);
+    let c = p.max_norm / (gnorm[0] * p.inv_scale + 1e-6);
     return select(1.0, c, c < 1.0);
 }";
 
@@ -34,7 +34,9 @@ pub fn grad_norm(
 /// One AdamW update of `params[0..n]` from `grads` with moments `exp_avg`, `exp_avg_sq`;
 /// `step` counts updates from 1 including this one (bias corrections in f64 on the CPU, as
 /// `adamw_step`). With `clip = Some((max_norm, norm))` each gradient is first scaled by
-/// `max_norm / (norm[0] + 1e-6)` when that is below 1. The gradients are zeroed afterwards.
+/// `max_norm / (norm[0] + 1e-6)` when that is below 1. Gradients (and their norm) multiplied by
+/// a loss scale are first multiplied by `inv_scale` (1 otherwise: then exactly the f32 step).
+/// The gradients are zeroed afterwards.
 #[allow(clippy::too_many_arguments)]
 pub fn adamw_step(
     rec: &mut Recorder<'_>,
@@ -47,6 +49,7 @@ pub fn adamw_step(
     lr: f32,
     hp: &AdamW,
     clip: Option<(f32, View<'_>)>,
+    inv_scale: f32,
 ) -> Result<()> {
     const OP: &str = "adamw_step";
     if step == 0 {
@@ -84,6 +87,7 @@ pub fn adamw_step(
         f(w2),
         f(hp.eps),
         f(max_norm),
+        f(inv_scale),
     ];
     match clip {
         Some((_, norm)) => {

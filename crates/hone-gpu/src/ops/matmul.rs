@@ -25,6 +25,41 @@ const EMB_SRC: &str = concat!(
     include_str!("../kernels/matmul_dtype.wgsl")
 );
 const DTYPE_SRC: &str = include_str!("../kernels/matmul_dtype.wgsl");
+const HALF_SRC: &str = include_str!("../kernels/matmul_half.wgsl");
+
+/// Arithmetic of the products.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Precision {
+    /// f32 multiplies and sums.
+    #[default]
+    F32,
+    /// Mixed precision (`--fp16`): operands rounded to f16 and multiplied in f16 (four at a time
+    /// in dot products where the kernel has them), every sum kept in f32; inputs and outputs
+    /// stay f32 in memory. A value beyond f16's range becomes ±inf, so that a loss scaler sees
+    /// the overflow. Needs `shader-f16`.
+    F16,
+}
+
+impl Precision {
+    /// The `enable` line that must open the kernel (defs come first in the module).
+    fn enable(self) -> &'static str {
+        match self {
+            Precision::F32 => "",
+            Precision::F16 => "enable f16;\n",
+        }
+    }
+
+    /// Refuse f16 on a device without `shader-f16`.
+    fn check(self, gpu: &Gpu, name: &str) -> Result<()> {
+        if self == Precision::F16 && !gpu.has_f16() {
+            return Err(Error::Gpu(format!(
+                "{name}: f16 arithmetic needs the shader-f16 feature, which {} does not have",
+                gpu.describe()
+            )));
+        }
+        Ok(())
+    }
+}
 
 /// Invocations per workgroup.
 const WG: usize = 64;
@@ -58,25 +93,49 @@ enum Body {
 /// `//@BODY` line and the weight readers appended. A function of the tile sizes and of
 /// whether the type is quantized, which the defs carry (so the kernel cache's key covers
 /// them); generated once.
-fn source(body: Body, a: usize, b: usize) -> Arc<str> {
-    type Cache = Vec<((Body, usize, usize), Arc<str>)>;
+fn source(body: Body, a: usize, b: usize, prec: Precision) -> Arc<str> {
+    type Cache = Vec<((Body, usize, usize, Precision), Arc<str>)>;
     static SOURCES: Mutex<Cache> = Mutex::new(Vec::new());
     let mut cache = SOURCES.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, s)) = cache.iter().find(|(k, _)| *k == (body, a, b)) {
+    let key = (body, a, b, prec);
+    if let Some((_, s)) = cache.iter().find(|(k, _)| *k == key) {
         return s.clone();
     }
+    let half = Half(prec == Precision::F16);
     let (template, code, dtype) = match body {
-        Body::Fwd(q) => (FWD_SRC, fwd_body(a, b, q), true),
-        Body::Bwd(q) => (BWD_SRC, bwd_body(a, b, q), true),
-        Body::Gemm => (GEMM_SRC, gemm_body(a, b), false),
+        Body::Fwd(q) => (FWD_SRC, fwd_body(a, b, q, half), true),
+        Body::Bwd(q) => (BWD_SRC, bwd_body(a, b, q, half), true),
+        Body::Gemm => (GEMM_SRC, gemm_body(a, b, half), false),
     };
     let mut s = template.replace("//@BODY", &code);
     if dtype {
         s.push_str(DTYPE_SRC);
     }
+    if half.0 {
+        s.push_str(HALF_SRC);
+    }
     let s: Arc<str> = s.into();
-    cache.push(((body, a, b), s.clone()));
+    cache.push((key, s.clone()));
     s
+}
+
+/// How generated code rounds operands and accumulates products: plain f32, or (f16) operands
+/// rounded with `h1`/`h4` (matmul_half.wgsl), products in f16, sums in f32.
+#[derive(Clone, Copy)]
+struct Half(bool);
+
+impl Half {
+    /// `e` through the conversion `f` in f16, as it is in f32. Used as: `h1`/`h4` on an f32
+    /// scalar/vec4 operand that may exceed f16's range (activations, gradients), `vec4<f16>`
+    /// on dequantized weights (well inside it), `f32`/`vec4<f32>` on a product added to an f32
+    /// accumulator.
+    fn wrap(self, f: &str, e: &str) -> String {
+        if self.0 {
+            format!("{f}({e})")
+        } else {
+            e.to_string()
+        }
+    }
 }
 
 /// Appends `f(i)` for `i < n` to `s`.
@@ -94,7 +153,7 @@ fn x4(i: usize, off: usize) -> String {
 
 /// Body of matmul_fwd.wgsl for a `tm x tn` tile: accumulators `a{i}_{j}` (row i of x, row j
 /// of the weight part).
-fn fwd_body(tm: usize, tn: usize, quant: bool) -> String {
+fn fwd_body(tm: usize, tn: usize, quant: bool, h: Half) -> String {
     let mut s = String::new();
     let stride = if quant { "p.rb" } else { "p.k" };
     each(&mut s, tm, |i| {
@@ -116,14 +175,22 @@ fn fwd_body(tm: usize, tn: usize, quant: bool) -> String {
         each(&mut s, tm, |i| {
             format!(
                 "            let xl{i} = {};\n            let xh{i} = {};\n",
-                x4(i, 0),
-                x4(i, 16)
+                h.wrap("h4", &x4(i, 0)),
+                h.wrap("h4", &x4(i, 16))
             )
         });
         for j in 0..tn {
-            s += &format!("            {{\n                let w = wpair(wr{j}, b, s, bp{j});\n");
+            s += &format!(
+                "            {{\n                let w = wpair(wr{j}, b, s, bp{j});\n                let w0 = {};\n                let w1 = {};\n",
+                h.wrap("vec4<f16>", "w[0]"),
+                h.wrap("vec4<f16>", "w[1]")
+            );
             each(&mut s, tm, |i| {
-                format!("                a{i}_{j} += dot(xl{i}, w[0]) + dot(xh{i}, w[1]);\n")
+                format!(
+                    "                a{i}_{j} += {} + {};\n",
+                    h.wrap("f32", &format!("dot(xl{i}, w0)")),
+                    h.wrap("f32", &format!("dot(xh{i}, w1)"))
+                )
             });
             s += "            }\n";
         }
@@ -131,25 +198,41 @@ fn fwd_body(tm: usize, tn: usize, quant: bool) -> String {
     } else {
         s += "    let k4 = p.k & ~3u;\n    for (var kk = 0u; kk < k4; kk += 4u) {\n";
         each(&mut s, tm, |i| {
-            format!("        let x{i} = {};\n", x4(i, 0))
+            format!("        let x{i} = {};\n", h.wrap("h4", &x4(i, 0)))
         });
         for j in 0..tn {
             s += &format!(
-                "        {{\n            let e = wr{j} + kk;\n            let w = vec4<f32>(wf(e), wf(e + 1u), wf(e + 2u), wf(e + 3u));\n"
+                "        {{\n            let e = wr{j} + kk;\n            let w = {};\n",
+                h.wrap(
+                    "vec4<f16>",
+                    "vec4<f32>(wf(e), wf(e + 1u), wf(e + 2u), wf(e + 3u))"
+                )
             );
             each(&mut s, tm, |i| {
-                format!("            a{i}_{j} += dot(x{i}, w);\n")
+                format!(
+                    "            a{i}_{j} += {};\n",
+                    h.wrap("f32", &format!("dot(x{i}, w)"))
+                )
             });
             s += "        }\n";
         }
         s += "    }\n    for (var kk = k4; kk < p.k; kk++) {\n";
         each(&mut s, tm, |i| {
-            format!("        let x{i} = x[xr{i} + kk];\n")
+            format!(
+                "        let x{i} = {};\n",
+                h.wrap("h1", &format!("x[xr{i} + kk]"))
+            )
         });
         for j in 0..tn {
-            s += &format!("        {{\n            let w = wf(wr{j} + kk);\n");
+            s += &format!(
+                "        {{\n            let w = {};\n",
+                h.wrap("h1", &format!("wf(wr{j} + kk)"))
+            );
             each(&mut s, tm, |i| {
-                format!("            a{i}_{j} += x{i} * w;\n")
+                format!(
+                    "            a{i}_{j} += {};\n",
+                    h.wrap("f32", &format!("x{i} * w"))
+                )
             });
             s += "        }\n";
         }
@@ -171,7 +254,7 @@ fn fwd_body(tm: usize, tn: usize, quant: bool) -> String {
 
 /// Body of matmul_bwd.wgsl for a tile of `tm` rows x `4 * tkv` columns: accumulators
 /// `a{i}_{v}` (row i, columns 4v..4v+4).
-fn bwd_body(tm: usize, tkv: usize, quant: bool) -> String {
+fn bwd_body(tm: usize, tkv: usize, quant: bool, h: Half) -> String {
     let tk = 4 * tkv;
     let mut s = String::new();
     each(&mut s, tm, |i| {
@@ -189,13 +272,18 @@ fn bwd_body(tm: usize, tkv: usize, quant: bool) -> String {
             // The whole block: nibble pairs read once.
             for q in 0..4 {
                 s += &format!(
-                    "        let wp{q} = wpair(rb, b, {q}u, bp);\n        let w{q} = wp{q}[0];\n        let w{} = wp{q}[1];\n",
-                    q + 4
+                    "        let wp{q} = wpair(rb, b, {q}u, bp);\n        let w{q} = {};\n        let w{} = {};\n",
+                    h.wrap("vec4<f16>", &format!("wp{q}[0]")),
+                    q + 4,
+                    h.wrap("vec4<f16>", &format!("wp{q}[1]"))
                 );
             }
         } else {
             each(&mut s, tkv, |v| {
-                format!("        let w{v} = wv(rb, b, t0 + {v}u, bp);\n")
+                format!(
+                    "        let w{v} = {};\n",
+                    h.wrap("vec4<f16>", &format!("wv(rb, b, t0 + {v}u, bp)"))
+                )
             });
         }
     } else {
@@ -206,18 +294,25 @@ fn bwd_body(tm: usize, tkv: usize, quant: bool) -> String {
         s += "    for (var n = 0u; n < p.n; n++) {\n        let e = n * p.k;\n";
         each(&mut s, tkv, |v| {
             let c = 4 * v;
-            format!(
-                "        let w{v} = vec4<f32>(wf(e + kc{c}), wf(e + kc{}), wf(e + kc{}), wf(e + kc{}));\n",
+            let w = format!(
+                "vec4<f32>(wf(e + kc{c}), wf(e + kc{}), wf(e + kc{}), wf(e + kc{}))",
                 c + 1,
                 c + 2,
                 c + 3
-            )
+            );
+            format!("        let w{v} = {};\n", h.wrap("vec4<f16>", &w))
         });
     }
     for i in 0..tm {
-        s += &format!("        let d{i} = dy[yr{i} + n];\n");
+        s += &format!(
+            "        let d{i} = {};\n",
+            h.wrap("h1", &format!("dy[yr{i} + n]"))
+        );
         each(&mut s, tkv, |v| {
-            format!("        a{i}_{v} += d{i} * w{v};\n")
+            format!(
+                "        a{i}_{v} += {};\n",
+                h.wrap("vec4<f32>", &format!("d{i} * w{v}"))
+            )
         });
     }
     s += "    }\n";
@@ -236,7 +331,7 @@ fn bwd_body(tm: usize, tkv: usize, quant: bool) -> String {
 }
 
 /// Body of matmul_gemm.wgsl for a `tm x tn` tile: accumulators `c{i}_{j}`.
-fn gemm_body(tm: usize, tn: usize) -> String {
+fn gemm_body(tm: usize, tn: usize, h: Half) -> String {
     let mut s = String::new();
     // Element (i, q) of op(A) is A[ai{i} + q * sa], element (q, j) of op(B) is B[bj{j} + q * sb].
     each(&mut s, tm, |i| {
@@ -255,12 +350,21 @@ fn gemm_body(tm: usize, tn: usize) -> String {
     }
     s += "    for (var q = 0u; q < p.k; q++) {\n        let ao = q * sa;\n        let bo = q * sb;\n";
     each(&mut s, tm, |i| {
-        format!("        let a{i} = A[ai{i} + ao];\n")
+        format!(
+            "        let a{i} = {};\n",
+            h.wrap("h1", &format!("A[ai{i} + ao]"))
+        )
     });
     for j in 0..tn {
-        s += &format!("        {{\n            let b = B[bj{j} + bo];\n");
+        s += &format!(
+            "        {{\n            let b = {};\n",
+            h.wrap("h1", &format!("B[bj{j} + bo]"))
+        );
         each(&mut s, tm, |i| {
-            format!("            c{i}_{j} += a{i} * b;\n")
+            format!(
+                "            c{i}_{j} += {};\n",
+                h.wrap("f32", &format!("a{i} * b"))
+            )
         });
         s += "        }\n";
     }
@@ -467,11 +571,27 @@ pub fn linear_forward(
     m: usize,
     accumulate: bool,
 ) -> Result<()> {
+    linear_forward_prec(rec, y, x, w, bias, m, accumulate, Precision::F32)
+}
+
+/// `linear_forward` in the arithmetic `prec`.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_forward_prec(
+    rec: &mut Recorder<'_>,
+    y: View<'_>,
+    x: View<'_>,
+    w: &GpuWeight,
+    bias: Option<View<'_>>,
+    m: usize,
+    accumulate: bool,
+    prec: Precision,
+) -> Result<()> {
     let (n, k) = (w.rows, w.cols);
     let name = &w.name;
     if m == 0 {
         return Ok(());
     }
+    prec.check(rec.gpu(), name)?;
     need(&x, m * k, "the input x", name)?;
     need(&y, m * n, "the output y", name)?;
     if let Some(b) = &bias {
@@ -486,12 +606,13 @@ pub fn linear_forward(
     };
     let tm = fit(tm, m);
     let defs = format!(
-        "{}const TM: u32 = {tm}u;\nconst TN: u32 = {tn}u;\n",
+        "{}{}const TM: u32 = {tm}u;\nconst TN: u32 = {tn}u;\n",
+        prec.enable(),
         w.dtype_defs()
     );
     let kern = gpu.kernel(
         "linear_forward",
-        &source(Body::Fwd(w.dtype.is_quantized()), tm, tn),
+        &source(Body::Fwd(w.dtype.is_quantized()), tm, tn, prec),
         &defs,
     )?;
     let rb = w.row_bytes() as u32;
@@ -526,11 +647,25 @@ pub fn linear_backward_input(
     m: usize,
     accumulate: bool,
 ) -> Result<()> {
+    linear_backward_input_prec(rec, dx, dy, w, m, accumulate, Precision::F32)
+}
+
+/// `linear_backward_input` in the arithmetic `prec`.
+pub fn linear_backward_input_prec(
+    rec: &mut Recorder<'_>,
+    dx: View<'_>,
+    dy: View<'_>,
+    w: &GpuWeight,
+    m: usize,
+    accumulate: bool,
+    prec: Precision,
+) -> Result<()> {
     let (n, k) = (w.rows, w.cols);
     let name = &w.name;
     if m == 0 {
         return Ok(());
     }
+    prec.check(rec.gpu(), name)?;
     need(&dy, m * n, "the output gradient dy", name)?;
     need(&dx, m * k, "the input gradient dx", name)?;
     fits_u32(m * k.max(n), "m x features", name)?;
@@ -546,10 +681,11 @@ pub fn linear_backward_input(
     let (g, nx) = grid(gpu, tiles, WG)?;
     let rb = w.row_bytes() as u32;
     let defs = format!(
-        "{}const TM: u32 = {tm}u;\nconst TKV: u32 = {tkv}u;\n",
+        "{}{}const TM: u32 = {tm}u;\nconst TKV: u32 = {tkv}u;\n",
+        prec.enable(),
         w.dtype_defs()
     );
-    let src = source(Body::Bwd(w.dtype.is_quantized()), tm, tkv);
+    let src = source(Body::Bwd(w.dtype.is_quantized()), tm, tkv, prec);
     let kern = gpu.kernel("linear_backward_input", &src, &defs)?;
     for (i, part) in w.parts.iter().enumerate() {
         // Parts after the first add to what the first wrote.
@@ -592,10 +728,26 @@ pub fn gemm(
     alpha: f32,
     beta: f32,
 ) -> Result<()> {
+    gemm_prec(rec, c, a, b, g, alpha, beta, Precision::F32)
+}
+
+/// `gemm` in the arithmetic `prec` (alpha, beta and C's update stay f32).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_prec(
+    rec: &mut Recorder<'_>,
+    c: View<'_>,
+    a: View<'_>,
+    b: View<'_>,
+    g: Gemm,
+    alpha: f32,
+    beta: f32,
+    prec: Precision,
+) -> Result<()> {
     let name = "gemm";
     if g.m == 0 || g.n == 0 {
         return Ok(());
     }
+    prec.check(rec.gpu(), name)?;
     need(&c, g.m * g.n, "C", name)?;
     need(&a, g.m * g.k, "A", name)?;
     need(&b, g.k * g.n, "B", name)?;
@@ -604,10 +756,12 @@ pub fn gemm(
     let gpu = rec.gpu();
     let (tm, tn) = (fit(GEMM_TILE.0, g.m), fit(GEMM_TILE.1, g.n));
     let defs = format!(
-        "const TA: bool = {};\nconst TB: bool = {};\nconst TM: u32 = {tm}u;\nconst TN: u32 = {tn}u;\nconst WG: u32 = {WG}u;\n",
-        g.trans_a, g.trans_b
+        "{}const TA: bool = {};\nconst TB: bool = {};\nconst TM: u32 = {tm}u;\nconst TN: u32 = {tn}u;\nconst WG: u32 = {WG}u;\n",
+        prec.enable(),
+        g.trans_a,
+        g.trans_b
     );
-    let kern = gpu.kernel("gemm", &source(Body::Gemm, tm, tn), &defs)?;
+    let kern = gpu.kernel("gemm", &source(Body::Gemm, tm, tn, prec), &defs)?;
     let tiles_n = g.n.div_ceil(tn);
     let (grid_, nx) = grid(gpu, g.m.div_ceil(tm) * tiles_n, WG)?;
     let params = [
