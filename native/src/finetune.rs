@@ -181,7 +181,8 @@ pub struct FinetuneArgs {
     /// scaling); needs --device gpu and an adapter with shader-f16 (refused otherwise).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub fp16: Option<bool>,
-    /// cpu (gpu: not yet).
+    /// cpu (default), gpu (any wgpu adapter, software ones included) or auto (a hardware GPU
+    /// when there is one, else the CPU).
     #[arg(long)]
     pub device: Option<String>,
     /// Convert the frozen weights to f32 at load.

@@ -1,7 +1,8 @@
 //! `--device gpu|auto` through the binary on a tiny random model (lavapipe in CI): a GPU
 //! fine-tune follows the CPU one step by step, its checkpoint resumes on the CPU engine, a GPU
 //! generation with the adapter continues as the CPU one does, a lost device stops the run with
-//! the last checkpoint intact, and `auto` says what it chose.
+//! the last checkpoint intact, `auto` says what it chose, and `--fp16` follows the CPU run within
+//! f16 rounding where the adapter has shader-f16 and is refused clearly where it cannot run.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
