@@ -12,7 +12,7 @@ export RAYON_NUM_THREADS ?= 2
 HONE := $(CARGO_TARGET_DIR)/release/hone
 PYTHON ?= python3
 
-.PHONY: all setup vulkan models pyenv peft-venv build test test-rust test-wasm demo bench fmt lint clean
+.PHONY: all setup vulkan models pyenv ort-lib peft-venv build test test-rust test-wasm demo bench fmt lint clean
 
 all: build
 
@@ -47,10 +47,24 @@ $(PYENV)/.installed-3:
 	$(PYENV)/bin/pip install --quiet tbparse==0.0.9 tensorboard==2.21.0 onnx==1.23.2 onnxruntime==1.31.1 onnxruntime-genai==0.18.0 numpy==2.4.6
 	touch $@
 
+# ONNX Runtime for `hone generate --engine ort` (loaded at run time through ORT_DYLIB_PATH),
+# from the PyPI wheel (ort's own download fails here). 1.19.2 is only for the test that an old
+# library is refused with the version needed. ~30 MB of wheels, a few seconds.
+ORT_DIR := $(HONE_CACHE)/ort
+export ORT_DYLIB_PATH ?= $(ORT_DIR)/libonnxruntime.so.1.31.1
+export HONE_ORT_OLD_DYLIB := $(ORT_DIR)/libonnxruntime.so.1.19.2
+ort-lib: $(ORT_DIR)/libonnxruntime.so.1.31.1 $(HONE_ORT_OLD_DYLIB)
+$(ORT_DIR)/libonnxruntime.so.%:
+	@mkdir -p $(ORT_DIR)/dl
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.11 \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d $(ORT_DIR)/dl onnxruntime==$*
+	cd $(ORT_DIR)/dl && $(PYTHON) -c "import zipfile,glob; z=zipfile.ZipFile(glob.glob('onnxruntime-$*-*.whl')[0]); open('$@.part','wb').write(z.read('onnxruntime/capi/libonnxruntime.so.$*'))"
+	mv $@.part $@
+
 build:
 	cargo build --release -p hone
 
-test: setup models pyenv lint test-rust test-wasm
+test: setup models pyenv ort-lib lint test-rust test-wasm
 
 test-rust:
 	cargo test --workspace --release
@@ -88,7 +102,7 @@ $(SMOLLM2_HF)/config.json: $(SMOLLM2_GGUF) | $(PEFT_READY)
 	$(PEFT_PYTHON) scripts/smollm2_gguf_to_hf.py $(SMOLLM2_GGUF) $(SMOLLM2_HF).part
 	rm -rf $(SMOLLM2_HF) && mv $(SMOLLM2_HF).part $(SMOLLM2_HF)
 
-bench: models build $(PEFT_READY) $(SMOLLM2_HF)/config.json
+bench: models build pyenv ort-lib $(PEFT_READY) $(SMOLLM2_HF)/config.json
 	bash scripts/bench.sh $(HONE) $(SMOLLM2_GGUF) $(SMOLLM2_HF) $(PEFT_PYTHON)
 
 fmt:

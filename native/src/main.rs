@@ -19,6 +19,7 @@ mod eval;
 mod finetune;
 mod merge;
 mod onnx;
+mod ort_gen;
 
 /// hone: fine-tune and run small language models where the data lives.
 #[derive(Parser)]
@@ -88,6 +89,12 @@ struct BenchArgs {
     /// Convert every weight to f32 at load instead of dequantizing tiles on the fly.
     #[arg(long = "dequantize_at_load")]
     dequantize_at_load: bool,
+    /// hone (the CPU engine on a GGUF or HF model) or ort (ONNX Runtime on an ONNX export).
+    #[arg(long, default_value = "hone")]
+    engine: String,
+    /// ONNX Runtime execution provider for --engine ort (as in `hone generate`).
+    #[arg(long)]
+    ep: Option<String>,
 }
 
 #[derive(Args)]
@@ -144,6 +151,18 @@ struct GenerateArgs {
     /// Print nothing but the generated text.
     #[arg(short, long)]
     quiet: bool,
+    /// hone (hone's own CPU/GPU engines on a GGUF or HF model) or ort (ONNX Runtime on a model
+    /// exported by `hone auto-opt`: -m is its folder or model.onnx).
+    #[arg(long, default_value = "hone")]
+    engine: String,
+    /// ONNX Runtime execution provider for --engine ort: cpu, xnnpack, openvino, qnn, coreml,
+    /// cuda, tensorrt, directml, nnapi, webgpu (or its full name, e.g. XnnpackExecutionProvider).
+    #[arg(long)]
+    ep: Option<String>,
+    /// Tokenizer for --engine ort when the ONNX folder has no tokenizer.json: a GGUF file, a
+    /// model folder or a tokenizer.json.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -218,16 +237,23 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
         seed: a.seed,
     };
     sampling.validate()?;
-    let (model, load_secs) = load(&a.model.model)?;
-    let prompt_ids = if a.chat {
-        let text = render_chat(&model, a.system.as_deref(), &a.prompt)?;
-        model.tokenizer.encode(&text, false)?
-    } else {
-        model.tokenizer.encode(&a.prompt, true)?
-    };
-    if prompt_ids.is_empty() {
-        bail!("the prompt is empty after tokenization");
+    match a.engine.as_str() {
+        "hone" => {}
+        "ort" => return ort_gen::cmd_generate_ort(&a, sampling),
+        other => bail!(
+            "--engine {other}: use hone (hone's CPU/GPU engines) or ort (ONNX Runtime on an ONNX export)"
+        ),
     }
+    if a.ep.is_some() || a.tokenizer.is_some() {
+        bail!("--ep and --tokenizer go with --engine ort");
+    }
+    let (model, load_secs) = load(&a.model.model)?;
+    let prompt_ids = prompt_ids(
+        &a,
+        &model.tokenizer,
+        model.chat_template.as_deref(),
+        &model.source,
+    )?;
     let max_len = (prompt_ids.len() + a.max_new_tokens).min(model.spec.max_position_embeddings);
     let mut session: Box<dyn CausalLm> = match engine::open_gpu(&a.device, &|s: &str| {
         if !a.quiet {
@@ -272,11 +298,58 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
             Box::new(s)
         }
     };
+    stream_generate(
+        &a,
+        &mut *session,
+        &model.tokenizer,
+        &prompt_ids,
+        sampling,
+        model.eos_ids(),
+        load_secs,
+    )
+}
+
+/// The prompt's token ids: the text itself (with the tokenizer's special tokens), or with
+/// --chat the user message rendered through `chat_template`.
+fn prompt_ids(
+    a: &GenerateArgs,
+    tokenizer: &hone_core::tokenizer::Tokenizer,
+    chat_template: Option<&str>,
+    source: &std::path::Path,
+) -> Result<Vec<u32>> {
+    let ids = if a.chat {
+        let text = render_chat(
+            chat_template,
+            tokenizer,
+            source,
+            a.system.as_deref(),
+            &a.prompt,
+        )?;
+        tokenizer.encode(&text, false)?
+    } else {
+        tokenizer.encode(&a.prompt, true)?
+    };
+    if ids.is_empty() {
+        bail!("the prompt is empty after tokenization");
+    }
+    Ok(ids)
+}
+
+/// Generate on any engine: the prompt and the new text streamed to stdout, timing to stderr.
+fn stream_generate(
+    a: &GenerateArgs,
+    session: &mut dyn CausalLm,
+    tokenizer: &hone_core::tokenizer::Tokenizer,
+    prompt_ids: &[u32],
+    sampling: SamplingParams,
+    eos_ids: Vec<u32>,
+    load_secs: f64,
+) -> Result<()> {
     let opts = GenerateOptions {
         max_new_tokens: a.max_new_tokens,
         sampling,
         stop_strings: a.stop.clone(),
-        eos_ids: model.eos_ids(),
+        eos_ids,
     };
 
     let stdout = std::io::stdout();
@@ -287,9 +360,9 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
     out.flush()?;
     let mut write_err = None;
     let result = generate(
-        &mut *session,
-        &model.tokenizer,
-        &prompt_ids,
+        session,
+        tokenizer,
+        prompt_ids,
         &opts,
         &mut |piece: &str| match write!(out, "{piece}").and_then(|_| out.flush()) {
             Ok(()) => true,
@@ -318,11 +391,17 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-fn render_chat(model: &Model, system: Option<&str>, user: &str) -> Result<String> {
-    let Some(src) = &model.chat_template else {
+fn render_chat(
+    chat_template: Option<&str>,
+    tokenizer: &hone_core::tokenizer::Tokenizer,
+    source: &std::path::Path,
+    system: Option<&str>,
+    user: &str,
+) -> Result<String> {
+    let Some(src) = chat_template else {
         bail!(
             "{}: the model has no chat template; drop --chat",
-            model.source.display()
+            source.display()
         );
     };
     let mut messages = Vec::new();
@@ -331,8 +410,8 @@ fn render_chat(model: &Model, system: Option<&str>, user: &str) -> Result<String
     }
     messages.push(hone_core::chat::ChatMessage::new("user", user));
     let template = hone_core::chat::ChatTemplate::new(src)?;
-    let bos = model.tokenizer.bos_token.clone().unwrap_or_default();
-    let eos = model.tokenizer.eos_token.clone().unwrap_or_default();
+    let bos = tokenizer.bos_token.clone().unwrap_or_default();
+    let eos = tokenizer.eos_token.clone().unwrap_or_default();
     Ok(template.render(&messages, true, &bos, &eos)?)
 }
 
@@ -460,26 +539,45 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     if a.prompt_tokens == 0 || a.decode_tokens == 0 || a.repeats == 0 {
         bail!("--prompt_tokens, --decode_tokens and --repeats must be at least 1");
     }
-    let (model, load_secs) = load(&a.model.model)?;
     let t0 = Instant::now();
-    let cpu = CpuModel::new(
-        &model.spec,
-        &model.weights,
-        CpuModelOptions {
-            dequantize_at_load: a.dequantize_at_load,
-        },
-    )?;
-    let prepare_secs = t0.elapsed().as_secs_f64();
+    let max_len = a.prompt_tokens + a.decode_tokens;
+    let (mut session, weights): (Box<dyn CausalLm>, String) = match a.engine.as_str() {
+        "hone" if a.ep.is_none() => {
+            let (model, _) = load(&a.model.model)?;
+            let cpu = CpuModel::new(
+                &model.spec,
+                &model.weights,
+                CpuModelOptions {
+                    dequantize_at_load: a.dequantize_at_load,
+                },
+            )?;
+            let weights = if a.dequantize_at_load {
+                "f32 (dequantized at load)"
+            } else {
+                "stored type, tiles dequantized in matmul"
+            };
+            (Box::new(CpuSession::new(cpu, max_len)), weights.into())
+        }
+        "ort" if !a.dequantize_at_load => {
+            let (rt, decoder, ep) =
+                ort_gen::open_decoder(&a.model.model, a.ep.as_deref(), usize::MAX)?;
+            let weights = format!("ONNX as exported, ONNX Runtime {} {ep}", rt.version);
+            (Box::new(decoder), weights)
+        }
+        "hone" | "ort" => {
+            bail!("--ep goes with --engine ort, --dequantize_at_load with --engine hone")
+        }
+        other => bail!("--engine {other}: use hone or ort"),
+    };
+    let load_secs = t0.elapsed().as_secs_f64();
     // A fixed pseudo-random prompt of ordinary tokens (ids 1000.. avoid special tokens).
-    let vocab = model.spec.vocab_size as u64;
+    let vocab = session.vocab_size() as u64;
     let mut rng = hone_core::sampling::Rng::new(42);
     let prompt: Vec<u32> = (0..a.prompt_tokens)
         .map(|_| (1000 + rng.next_u64() % (vocab - 1000).max(1)) as u32)
         .collect();
-    let mut session = CpuSession::new(cpu, a.prompt_tokens + a.decode_tokens);
     let (mut best_prefill, mut best_decode) = (f64::MAX, f64::MAX);
     for _ in 0..a.repeats {
-        use hone_core::generate::CausalLm;
         session.reset();
         let t = Instant::now();
         let mut logits = session.forward_last(&prompt)?;
@@ -492,10 +590,11 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         best_decode = best_decode.min(t.elapsed().as_secs_f64());
     }
     let row = serde_json::json!({
-        "model": model.source.display().to_string(),
-        "weights": if a.dequantize_at_load { "f32 (dequantized at load)" } else { "stored type, tiles dequantized in matmul" },
+        "model": a.model.model.display().to_string(),
+        "engine": a.engine,
+        "weights": weights,
         "threads": hone_cpu_threads(),
-        "load_s": round(load_secs + prepare_secs, 3),
+        "load_s": round(load_secs, 3),
         "prompt_tokens": a.prompt_tokens,
         "prompt_tok_s": round(a.prompt_tokens as f64 / best_prefill, 1),
         "decode_tokens": a.decode_tokens,

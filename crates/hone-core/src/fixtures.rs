@@ -337,3 +337,26 @@ pub fn write_model_hf(
     };
     write_folder(dir, spec, weights, &extras)
 }
+
+/// A LoRA adapter for `spec` (rank `r`, alpha 2r, on `targets`) with every A and B value drawn
+/// uniformly from ±`scale` (PEFT's init leaves B at zero, which would change nothing).
+pub fn random_lora_adapter(
+    spec: &ModelSpec,
+    r: usize,
+    targets: &[&str],
+    seed: u64,
+    scale: f32,
+) -> Result<crate::adapter::LoraAdapter> {
+    let config = crate::adapter::LoraConfig {
+        r,
+        lora_alpha: 2.0 * r as f64,
+        target_modules: targets.iter().map(|t| t.to_string()).collect(),
+        ..Default::default()
+    };
+    let mut adapter = crate::adapter::LoraAdapter::init(&config, spec, seed, None)?;
+    let mut rng = SplitMix64(seed);
+    for t in adapter.tensors.values_mut() {
+        t.values.iter_mut().for_each(|v| *v = rng.symmetric(scale));
+    }
+    Ok(adapter)
+}
