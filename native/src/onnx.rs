@@ -35,8 +35,9 @@ pub struct AutoOptArgs {
     /// Output folder (gets model.onnx, and with --use_ort_genai the GenAI files).
     #[arg(short = 'o', long = "output_path")]
     output_path: PathBuf,
-    /// Weight precision of the projections: fp32, or int4 (ONNX Runtime MatMulNBits, blocks
-    /// of 32; GGUF Q4_0/Q4_1 blocks are kept as they are, other weights are quantized).
+    /// Weight precision: fp32; fp16 (weights stored fp16, computed in fp32); or int4 for the
+    /// projections (ONNX Runtime MatMulNBits, blocks of 32; GGUF Q4_0/Q4_1 blocks are kept as
+    /// they are, other weights are quantized).
     #[arg(long, default_value = "fp32")]
     precision: String,
     /// Target device (cpu).
@@ -57,8 +58,9 @@ pub struct AutoOptArgs {
 pub fn cmd_auto_opt(a: AutoOptArgs) -> Result<()> {
     let precision = match a.precision.as_str() {
         "fp32" => hone_onnx::Precision::Fp32,
+        "fp16" => hone_onnx::Precision::Fp16,
         "int4" => hone_onnx::Precision::Int4,
-        other => bail!("--precision {other}: hone writes fp32 or int4 (fp16 is not implemented)"),
+        other => bail!("--precision {other}: hone writes fp32, fp16 or int4"),
     };
     if a.device != "cpu" || a.provider != "CPUExecutionProvider" {
         bail!(

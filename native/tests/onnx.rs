@@ -85,7 +85,7 @@ fn auto_opt_writes_the_decoder_and_refuses_to_overwrite() {
     assert!(auto_opt(&model, &out, &["--overwrite"]).status.success());
     assert_clear_error(
         &auto_opt(&model, &out, &["--precision", "fp8", "--overwrite"]),
-        &["--precision fp8", "fp32 or int4"],
+        &["--precision fp8", "fp32, fp16 or int4"],
     );
     // int4: MatMulNBits blocks, well under half the fp32 file.
     let o = auto_opt(&model, &out, &["--precision", "int4", "--overwrite"]);

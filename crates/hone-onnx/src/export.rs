@@ -40,6 +40,9 @@ pub enum Precision {
     /// Every weight as an fp32 initializer.
     #[default]
     Fp32,
+    /// Every weight stored as fp16 (half the file) and cast to fp32 in the graph: the
+    /// arithmetic stays fp32, so it runs on every execution provider.
+    Fp16,
     /// q/k/v/o/gate/up/down as MatMulNBits (4-bit, blocks of 32; see [`crate::int4`]);
     /// embedding, lm_head and norms stay fp32.
     Int4,
@@ -62,7 +65,7 @@ pub fn export_decoder(
     weights: &WeightStore,
     opts: &ExportOptions,
 ) -> Result<Vec<u8>> {
-    check_exportable(spec, weights)?;
+    check_exportable(spec, weights, opts.precision)?;
     if let Some(lora) = &opts.lora {
         check_lora_targets(spec, lora)?;
     }
@@ -70,7 +73,7 @@ pub fn export_decoder(
     let model = Model {
         ir_version: IR_VERSION,
         opset_import: match opts.precision {
-            Precision::Fp32 => vec![(String::new(), OPSET_VERSION)],
+            Precision::Fp32 | Precision::Fp16 => vec![(String::new(), OPSET_VERSION)],
             Precision::Int4 => vec![(String::new(), OPSET_VERSION), (MS_DOMAIN.into(), 1)],
         },
         producer_name: "hone".into(),
@@ -127,7 +130,7 @@ pub fn write_decoder(
 }
 
 /// Reject specs the graph cannot express, naming the field.
-fn check_exportable(spec: &ModelSpec, weights: &WeightStore) -> Result<()> {
+fn check_exportable(spec: &ModelSpec, weights: &WeightStore, precision: Precision) -> Result<()> {
     let bad = |field: &str, msg: String| {
         Err(Error::invalid_field(
             &weights.source,
@@ -161,17 +164,25 @@ fn check_exportable(spec: &ModelSpec, weights: &WeightStore) -> Result<()> {
         );
     }
     weights.check_against(spec)?;
-    // fp32 initializers: refuse early rather than building a file ONNX cannot hold.
-    let values: usize = spec
+    // Refuse early rather than building a file ONNX cannot hold (int4: 4 bits plus a 4-byte
+    // scale and a zero point per 32 values, rounded up to 6 bits a value).
+    let bytes: usize = spec
         .expected_tensors()
         .iter()
-        .map(|(_, s)| s.iter().product::<usize>())
+        .map(|(name, s)| {
+            let n = s.iter().product::<usize>();
+            match precision {
+                Precision::Fp32 => n.saturating_mul(4),
+                Precision::Fp16 => n.saturating_mul(2),
+                Precision::Int4 if name.ends_with("_proj.weight") => n.saturating_mul(6) / 8,
+                Precision::Int4 => n.saturating_mul(4),
+            }
+        })
         .sum();
-    if values.saturating_mul(4) > PROTOBUF_LIMIT {
+    if bytes > PROTOBUF_LIMIT {
         return Err(Error::Invalid(format!(
-            "onnx export: {values} fp32 weight values take {} bytes, over the 2 GiB limit of a \
-             single ONNX file (external data files are not supported yet)",
-            values.saturating_mul(4)
+            "onnx export: the weights take about {bytes} bytes at this precision, over the 2 GiB \
+             limit of a single ONNX file (external data files are not supported yet)"
         )));
     }
     Ok(())
@@ -252,11 +263,31 @@ impl<'a> Builder<'a> {
         self.init(Tensor::f32(format!("const/{name}"), vec![], &[value]))
     }
 
-    /// A weight as stored (HF layout), as an fp32 initializer named as in the store.
+    /// A weight as stored (HF layout), as an initializer named as in the store (fp32, or
+    /// fp16 cast to fp32).
     fn weight(&mut self, name: &str) -> Result<String> {
         let t = self.weights.get(name)?;
         let dims = t.shape.iter().map(|&d| d as i64).collect();
-        Ok(self.init(Tensor::f32(name, dims, &t.to_f32())))
+        let values = t.to_f32();
+        Ok(self.float_init(name.to_string(), dims, &values))
+    }
+
+    /// An fp32 initializer, or with `Precision::Fp16` an fp16 one and a Cast to fp32 (the
+    /// returned name is the value to use either way).
+    fn float_init(&mut self, name: String, dims: Vec<i64>, values: &[f32]) -> String {
+        if self.precision != Precision::Fp16 {
+            return self.init(Tensor::f32(name, dims, values));
+        }
+        let half = self.init(Tensor::f16(format!("{name}.fp16"), dims, values));
+        let out = name.clone();
+        self.node_out(
+            "/weights",
+            "Cast",
+            &[&half],
+            &[&out],
+            vec![Attribute::int("to", DataType::Float as i64)],
+        );
+        out
     }
 
     /// A `[out, in]` weight transposed to `[in, out]` for MatMul, named `{name}.T`.
@@ -271,11 +302,7 @@ impl<'a> Builder<'a> {
         }
         let (rows, cols) = (t.shape[0], t.shape[1]);
         let tr = transpose_scaled(&t.to_f32(), rows, cols, 1.0);
-        Ok(self.init(Tensor::f32(
-            format!("{name}.T"),
-            vec![cols as i64, rows as i64],
-            &tr,
-        )))
+        Ok(self.float_init(format!("{name}.T"), vec![cols as i64, rows as i64], &tr))
     }
 
     /// `x @ W^T (+ b)` for the HF linear `prefix` (weight `[out, in]`).
@@ -311,7 +338,7 @@ impl<'a> Builder<'a> {
     /// `Precision::Int4` (and `in` a multiple of 32) MatMulNBits on 4-bit blocks.
     fn projection(&mut self, scope: &str, x: &str, name: &str) -> Result<String> {
         let t = self.weights.get(name)?;
-        if self.precision == Precision::Fp32 || !int4::fits(t) {
+        if self.precision != Precision::Int4 || !int4::fits(t) {
             let w = self.weight_t(name)?;
             return Ok(self.op(scope, "MatMul", &[x, &w], vec![]));
         }

@@ -91,6 +91,7 @@ pub enum DataType {
     Uint8 = 2,
     Int64 = 7,
     Bool = 9,
+    Float16 = 10,
 }
 
 /// A `TensorProto` with its data as little-endian `raw_data`.
@@ -113,6 +114,20 @@ impl Tensor {
             name: name.into(),
             dims,
             data_type: DataType::Float,
+            raw,
+        }
+    }
+
+    /// An fp16 tensor (values rounded to nearest).
+    pub fn f16(name: impl Into<String>, dims: Vec<i64>, values: &[f32]) -> Tensor {
+        let raw = values
+            .iter()
+            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+            .collect();
+        Tensor {
+            name: name.into(),
+            dims,
+            data_type: DataType::Float16,
             raw,
         }
     }

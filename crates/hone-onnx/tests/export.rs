@@ -317,6 +317,31 @@ fn real_model_matches_cpu() {
     eprintln!("real model worst relative difference {worst:.3e}");
 }
 
+#[test]
+fn fp16_weights_match_cpu_on_the_rounded_weights() {
+    // Weights stored as fp16 and cast to fp32 in the graph: ONNX Runtime must give hone-cpu's
+    // logits on the same weights rounded to fp16; the file is about half the fp32 one.
+    let spec = tiny_spec(Architecture::Qwen2, false, 300);
+    let weights = tiny_weights(&spec, DType::F32, 19).unwrap();
+    let mut rounded = weights.clone();
+    for (name, t) in rounded.tensors.iter_mut() {
+        let v: Vec<f32> = t
+            .to_f32()
+            .iter()
+            .map(|&x| half::f16::from_f32(x).to_f32())
+            .collect();
+        *t = TensorEntry::from_f32(name.clone(), t.shape.clone(), &v).unwrap();
+    }
+    let mut opts = ExportOptions::default();
+    opts.precision = Precision::Fp16;
+    let (worst, size) = check_export("fp16", &spec, &weights, &opts, &rounded, REL_TOL);
+    let fp32 = export_decoder(&spec, &weights, &ExportOptions::default())
+        .unwrap()
+        .len() as u64;
+    eprintln!("fp16: worst relative difference {worst:.3e}, {size} bytes (fp32 {fp32})");
+    assert!(size * 10 < fp32 * 6, "{size} vs fp32 {fp32}");
+}
+
 /// The real model with `--precision int4` (SmolLM2's Q4_1 projections kept as blocks):
 /// `HONE_ONNX_REAL_MODEL=PATH cargo test -p hone-onnx -- --ignored`.
 #[test]
