@@ -14,7 +14,7 @@ use hone_core::fixtures::{tiny_spec, SplitMix64};
 use hone_core::{Architecture, DType, Model, ModelSpec, WeightStore};
 use hone_onnx::adapter::{adapter_params, check_params_fit, write_onnx_adapter, LoraInputs};
 use hone_onnx::proto::read_graph_inputs;
-use hone_onnx::{write_decoder, write_genai_files, ExportOptions};
+use hone_onnx::{write_decoder, write_genai_files, ExportOptions, Precision};
 use serde_json::{json, Value};
 
 /// Tolerance on |onnx - cpu| relative to the max |logit| of a run.
@@ -79,8 +79,13 @@ struct Setup {
 /// adapters: rank 4 on q/v/down, and rank 8 rsLoRA on q/v only (its down_proj inputs keep the
 /// zero defaults), written as `.onnx_adapter` files into `dir`.
 fn setup(name: &str) -> Setup {
+    setup_with(name, DType::F32, Precision::Fp32)
+}
+
+/// [`setup`] with base weights of `dtype` exported at `precision`.
+fn setup_with(name: &str, dtype: DType, precision: Precision) -> Setup {
     let dir = temp_dir(name);
-    let model = tiny_model(&dir, Architecture::Llama, DType::F32, 5);
+    let model = tiny_model(&dir, Architecture::Llama, dtype, 5);
     let a1 = random_adapter(
         &model.spec,
         4,
@@ -91,6 +96,7 @@ fn setup(name: &str) -> Setup {
     );
     let a2 = random_adapter(&model.spec, 8, 16.0, &["q_proj", "v_proj"], true, 2);
     let mut opts = ExportOptions::default();
+    opts.precision = precision;
     opts.lora = Some(LoraInputs::for_adapter(&a1, &model.spec).unwrap());
     let out = dir.join("onnx");
     std::fs::create_dir_all(&out).unwrap();
@@ -111,7 +117,17 @@ fn setup(name: &str) -> Setup {
 
 #[test]
 fn onnxruntime_reads_adapters_back_and_switches_them_per_run() {
-    let s = setup("adapters_ort");
+    check_ort_adapters(setup("adapters_ort"));
+}
+
+#[test]
+fn int4_base_with_lora_inputs_switches_adapters() {
+    // Q4_0 base weights kept as MatMulNBits blocks, LoRA on top in fp32: hone-cpu merges the
+    // adapters into the dequantized weights, which is the same function.
+    check_ort_adapters(setup_with("adapters_int4", DType::Q4_0, Precision::Int4));
+}
+
+fn check_ort_adapters(s: Setup) {
     let spec = &s.model.spec;
     let prompt = s.model.tokenizer.encode(PROMPT, true).unwrap();
     let input = json!({
