@@ -356,5 +356,19 @@ fn generate_adapter_files_switch_adapters_in_ort_genai() {
         &auto_opt(&model, &dir.join("y"), &["--lora_inputs"]),
         &["--lora_inputs needs --adapter_path"],
     );
+    // An adapter trained on another model (wider MLP), given to auto-opt: merged or as inputs.
+    let mut wide = spec.clone();
+    wide.intermediate_size = 384;
+    let foreign = dir.join("foreign");
+    random_peft(&foreign, &wide, 4, &["down_proj"], 5);
+    for extra in [&["--lora_inputs"][..], &[][..]] {
+        let mut args = vec!["--adapter_path", foreign.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        assert_clear_error(
+            &auto_opt(&model, &dir.join("z"), &args),
+            &["foreign", "mlp.down_proj.lora_A.weight"],
+        );
+    }
+    assert!(!dir.join("z/model.onnx").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
