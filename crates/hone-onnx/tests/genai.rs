@@ -6,7 +6,7 @@ mod common;
 
 use common::{hone_greedy, run_script, temp_dir, tiny_model};
 use hone_core::{Architecture, DType};
-use hone_onnx::{write_decoder, write_genai_files, ExportOptions};
+use hone_onnx::{write_decoder, write_genai_files, ExportOptions, Precision};
 use serde_json::json;
 
 const MAX_NEW_TOKENS: usize = 12;
@@ -16,18 +16,19 @@ const PROMPTS: [&str; 3] = [
     "in the beginning there was",
 ];
 
-fn check_genai_matches_hone(name: &str, architecture: Architecture) {
+fn check_genai_matches_hone(
+    name: &str,
+    architecture: Architecture,
+    dtype: DType,
+    precision: Precision,
+) {
     let dir = temp_dir(name);
-    let model = tiny_model(&dir, architecture, DType::F32, 21);
+    let model = tiny_model(&dir, architecture, dtype, 21);
+    let mut opts = ExportOptions::default();
+    opts.precision = precision;
     let out = dir.join("genai");
     std::fs::create_dir_all(&out).unwrap();
-    write_decoder(
-        &out.join("model.onnx"),
-        &model.spec,
-        &model.weights,
-        &ExportOptions::default(),
-    )
-    .unwrap();
+    write_decoder(&out.join("model.onnx"), &model.spec, &model.weights, &opts).unwrap();
     write_genai_files(&out, &model, "model.onnx").unwrap();
     let input = json!({
         "max_new_tokens": MAX_NEW_TOKENS,
@@ -72,12 +73,33 @@ fn check_genai_matches_hone(name: &str, architecture: Architecture) {
 
 #[test]
 fn genai_greedy_equals_hone_llama() {
-    check_genai_matches_hone("genai_llama", Architecture::Llama);
+    check_genai_matches_hone(
+        "genai_llama",
+        Architecture::Llama,
+        DType::F32,
+        Precision::Fp32,
+    );
 }
 
 #[test]
 fn genai_greedy_equals_hone_qwen2() {
-    check_genai_matches_hone("genai_qwen2", Architecture::Qwen2);
+    check_genai_matches_hone(
+        "genai_qwen2",
+        Architecture::Qwen2,
+        DType::F32,
+        Precision::Fp32,
+    );
+}
+
+#[test]
+fn genai_greedy_equals_hone_int4_from_q4_1() {
+    // Q4_1 blocks become MatMulNBits as they are: the same weights as hone's, the same tokens.
+    check_genai_matches_hone(
+        "genai_int4",
+        Architecture::Llama,
+        DType::Q4_1,
+        Precision::Int4,
+    );
 }
 
 #[test]
