@@ -235,10 +235,15 @@ impl FlatWriter {
         self.buf.len() - 4
     }
 
+    /// Point the offset slot at `slot` to `target` (a later position).
+    fn point(&mut self, slot: usize, target: usize) {
+        let off = (target - slot) as u32;
+        self.buf[slot..slot + 4].copy_from_slice(&off.to_le_bytes());
+    }
+
     /// Point the offset slot at `slot` to the current end of the buffer.
     fn patch(&mut self, slot: usize) {
-        let off = (self.buf.len() - slot) as u32;
-        self.buf[slot..slot + 4].copy_from_slice(&off.to_le_bytes());
+        self.point(slot, self.buf.len());
     }
 
     /// A vtable for a table of 4-byte fields `n_fields`, then the table's soffset; returns the
@@ -277,7 +282,7 @@ pub fn encode_onnx_adapter(
     let root = w.slot();
     w.buf.extend_from_slice(b"TORT");
     let adapter = w.table_start(4);
-    w.buf[root..root + 4].copy_from_slice(&(adapter as u32).to_le_bytes());
+    w.point(root, adapter);
     w.i32(ADAPTER_FORMAT_VERSION);
     w.i32(adapter_version);
     w.i32(model_version);
@@ -287,7 +292,7 @@ pub fn encode_onnx_adapter(
     let slots: Vec<usize> = params.iter().map(|_| w.slot()).collect();
     for (p, slot) in params.iter().zip(slots) {
         let table = w.table_start(4);
-        w.buf[slot..slot + 4].copy_from_slice(&((table - slot) as u32).to_le_bytes());
+        w.point(slot, table);
         let name_slot = w.slot();
         let dims_slot = w.slot();
         w.i32(FB_FLOAT);
@@ -307,4 +312,55 @@ pub fn encode_onnx_adapter(
 /// Write `params` as an `.onnx_adapter` file at `path`.
 pub fn write_onnx_adapter(path: &Path, params: &[AdapterParam]) -> Result<()> {
     std::fs::write(path, encode_onnx_adapter(params, 1, 1)).map_err(|e| Error::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn u32_at(b: &[u8], at: usize) -> usize {
+        u32::from_le_bytes(b[at..at + 4].try_into().unwrap()) as usize
+    }
+
+    #[test]
+    fn adapter_buffer_layout() {
+        let params = vec![
+            AdapterParam {
+                name: "a".into(),
+                dims: vec![2, 1],
+                values: vec![1.0, -2.0],
+            },
+            AdapterParam {
+                name: "bee".into(),
+                dims: vec![1, 3],
+                values: vec![0.5, 0.25, 4.0],
+            },
+        ];
+        let b = encode_onnx_adapter(&params, 7, 9);
+        assert_eq!(&b[4..8], b"TORT");
+        // Root table: soffset to its vtable, then format, adapter and model versions.
+        let root = u32_at(&b, 0);
+        let vtable = root - u32_at(&b, root);
+        assert_eq!(&b[vtable..vtable + 4], &[12, 0, 20, 0]);
+        assert_eq!(u32_at(&b, root + 4), 1);
+        assert_eq!(u32_at(&b, root + 8), 7);
+        assert_eq!(u32_at(&b, root + 12), 9);
+        let vec_at = root + 16 + u32_at(&b, root + 16);
+        assert_eq!(u32_at(&b, vec_at), 2);
+        for (i, p) in params.iter().enumerate() {
+            let slot = vec_at + 4 + 4 * i;
+            let table = slot + u32_at(&b, slot);
+            let name = table + 4 + u32_at(&b, table + 4);
+            let len = u32_at(&b, name);
+            assert_eq!(&b[name + 4..name + 4 + len], p.name.as_bytes());
+            assert_eq!(b[name + 4 + len], 0);
+            assert_eq!(u32_at(&b, table + 12), FB_FLOAT as usize);
+            let raw = table + 16 + u32_at(&b, table + 16);
+            // force_align 8 on raw_data: the bytes start on an 8-byte boundary.
+            assert_eq!((raw + 4) % 8, 0);
+            assert_eq!(u32_at(&b, raw), 4 * p.values.len());
+            let first = f32::from_le_bytes(b[raw + 4..raw + 8].try_into().unwrap());
+            assert_eq!(first, p.values[0]);
+        }
+    }
 }
