@@ -134,6 +134,55 @@ adds \`--fp16\`: f16 products, f32 sums and master weights)
 |---|---|---|---|---|---|---|---|---|" "$grow"
 echo "appended GPU engine rows to BENCHMARKS.md"
 
+# ---- 1c. ONNX Runtime: hone's ort runner and ONNX Runtime GenAI on the same export ----------
+# SmolLM2-135M exported by `hone auto-opt --use_ort_genai` (fp32 and int4, into bench-out/), run by
+# `hone bench --engine ort` (the ort crate, ONNX Runtime from ORT_DYLIB_PATH) and by
+# onnxruntime-genai (scripts/ort_genai_bench.py, HONE_PYTHON from `make pyenv`), next to the CPU
+# engine on the GGUF; 256-token prompt, 64 greedy decode steps, best of 3, 2 threads, each in its
+# own process, one after the other. Skipped (said) when HONE_PYTHON or ORT_DYLIB_PATH is not set.
+if [[ -n "${HONE_PYTHON:-}" && -n "${ORT_DYLIB_PATH:-}" ]]; then
+  onnx_rows=""
+  for precision in fp32 int4; do
+    dir="bench-out/smollm2-onnx-$precision"
+    "$HONE" auto-opt -m "$GGUF" --precision "$precision" --use_ort_genai --overwrite -o "$dir" >&2
+    size=$(du -m "$dir/model.onnx" | cut -f1)
+    rflags="--prompt_tokens 256 --decode_tokens 64 --repeats 3"
+    runs=()
+    if [[ $precision == fp32 ]]; then  # the CPU engine once, for scale
+      runs+=("hone CPU engine, GGUF Q4_1|hone bench -m SmolLM2-135M-Instruct.Q4_1.gguf $rflags|$HONE bench -m $GGUF $rflags")
+    fi
+    runs+=(
+      "hone --engine ort (ort crate), ONNX $precision ($size MiB)|hone bench --engine ort -m $dir $rflags|$HONE bench --engine ort -m $dir $rflags"
+      "onnxruntime-genai 0.18.0, ONNX $precision ($size MiB)|python scripts/ort_genai_bench.py $dir $rflags --threads $RAYON_NUM_THREADS|$HONE_PYTHON scripts/ort_genai_bench.py $dir $rflags --threads $RAYON_NUM_THREADS"
+    )
+    for run in "${runs[@]}"; do
+      IFS='|' read -r label shown cmd <<<"$run"
+      wait_quiet
+      # shellcheck disable=SC2086  # cmd is a word list
+      json=$($cmd | tail -n 1)
+      echo "$json" | tee -a "$LOG"
+      onnx_rows+=$(JSON="$json" DATE="$date" MACHINE="$cpu, $cores cores" LABEL="$label" CMD="$shown" python3 -c '
+import json, os
+r = json.loads(os.environ["JSON"])
+cells = [os.environ["DATE"], os.environ["MACHINE"], os.environ["LABEL"], r["threads"], r["load_s"],
+         r["prompt_tok_s"], r["decode_tok_s"], "`" + os.environ["CMD"] + "`"]
+print("| " + " | ".join(str(c) for c in cells) + " |")')$'\n'
+    done
+  done
+  add_to_section "## ONNX Runtime: hone's ort runner and ONNX Runtime GenAI (SmolLM2-135M-Instruct)" "
+SmolLM2-135M-Instruct Q4_1 GGUF exported by \`hone auto-opt --use_ort_genai --precision fp32|int4\`
+(fp32: weights dequantized; int4: the projections as MatMulNBits from the Q4_1 blocks) and run on ONNX Runtime 1.31.1's CPU provider by hone (\`hone bench --engine
+ort\`: the ort crate, KV cache fed back as \`past_key_values\`) and by onnxruntime-genai 0.18.0 on the
+same folder; hone's CPU engine on the GGUF for scale. Prompt = 256 random ordinary tokens, then 64
+greedy decode steps; best of 3; 2 threads; each in its own process, one after the other.
+
+| date | machine | runtime, model file | threads | load s | prompt tok/s | decode tok/s | command |
+|---|---|---|---|---|---|---|---|" "$onnx_rows"
+  echo "appended ONNX Runtime rows to BENCHMARKS.md"
+else
+  echo "HONE_PYTHON or ORT_DYLIB_PATH not set (make pyenv ort-lib): ONNX Runtime rows skipped" >&2
+fi
+
 if [[ -z "$HF_DIR" || -z "$PEFT_PYTHON" ]]; then
   echo "no HF folder / PEFT python given: LoRA training rows skipped"
   exit 0
