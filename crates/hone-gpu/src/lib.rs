@@ -14,24 +14,17 @@ pub use buffer::{align_f32, GBuf, View};
 pub use context::{AdapterChoice, Gpu, GpuOptions, Kernel};
 pub use recorder::{Arena, Recorder};
 
-/// Give the browser's event loop a turn (map callbacks arrive from it).
+/// Give the browser's event loop a turn (map callbacks arrive from it). A macrotask
+/// (`setTimeout(0)`), not a microtask: a future that only re-wakes itself runs in the microtask
+/// queue forever and the browser never gets to deliver the callback.
 #[cfg(target_arch = "wasm32")]
 pub(crate) async fn yield_now() {
-    struct Yield(bool);
-    impl std::future::Future for Yield {
-        type Output = ();
-        fn poll(
-            mut self: std::pin::Pin<&mut Self>,
-            cx: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<()> {
-            if self.0 {
-                std::task::Poll::Ready(())
-            } else {
-                self.0 = true;
-                cx.waker().wake_by_ref();
-                std::task::Poll::Pending
-            }
-        }
+    #[wasm_bindgen::prelude::wasm_bindgen]
+    extern "C" {
+        #[wasm_bindgen::prelude::wasm_bindgen(js_name = setTimeout)]
+        fn set_timeout(callback: &js_sys::Function, ms: i32);
     }
-    Yield(false).await
+    let tick = js_sys::Promise::new(&mut |resolve, _reject| set_timeout(&resolve, 0));
+    // The promise only resolves (never rejects); a rejection would just end the wait early.
+    let _ = wasm_bindgen_futures::JsFuture::from(tick).await;
 }

@@ -44,7 +44,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let valid = t < p.vocab;
     var target_logit = 0.0;
     if (lid == 0u && valid) { target_logit = logits[base + t]; }
-    var m = bitcast<f32>(0xff800000u);
+    // The lowest finite f32, not -inf: browsers' WGSL compilers (Tint) reject a constant
+    // expression that evaluates to an infinity or a NaN. exp(lowest - max) is 0 all the same.
+    var m = bitcast<f32>(0xff7fffffu);
     for (var j = lid; j < p.vocab; j += WG) {
         m = max(m, logits[base + j]);
     }
@@ -58,7 +60,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         if (valid) {
             nll[row] = m + log(sum) - target_logit;
         } else {
-            nll[row] = bitcast<f32>(0x7fc00000u);
+            // NaN from a runtime value (a constant NaN is rejected by Tint, as above).
+            nll[row] = bitcast<f32>(0x7fc00000u | (t & 0u));
         }
     }
     if (p.grad != 0u) {
