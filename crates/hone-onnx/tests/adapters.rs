@@ -8,7 +8,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{cpu_steps, hone_greedy, run_script, temp_dir, tiny_model};
+use common::{cpu_steps, hone_greedy, int4_rounded, run_script, temp_dir, tiny_model};
 use hone_core::adapter::{LoraAdapter, LoraConfig};
 use hone_core::fixtures::{tiny_spec, SplitMix64};
 use hone_core::{Architecture, DType, Model, ModelSpec, WeightStore};
@@ -72,6 +72,8 @@ fn rel_diff(got: &Value, want: &[Vec<f32>]) -> f32 {
 struct Setup {
     dir: std::path::PathBuf,
     model: Model,
+    /// The base weights the export stands for (int4: through its blocks).
+    reference: WeightStore,
     adapters: Vec<(&'static str, LoraAdapter)>,
 }
 
@@ -108,9 +110,14 @@ fn setup_with(name: &str, dtype: DType, precision: Precision) -> Setup {
         check_params_fit(&params, &inputs, &out.join("model.onnx"), Path::new(n)).unwrap();
         write_onnx_adapter(&dir.join(format!("{n}.onnx_adapter")), &params).unwrap();
     }
+    let reference = match precision {
+        Precision::Int4 => int4_rounded(&model.weights),
+        _ => model.weights.clone(),
+    };
     Setup {
         dir,
         model,
+        reference,
         adapters,
     }
 }
@@ -176,12 +183,12 @@ fn check_ort_adapters(s: Setup) {
     }
 
     // Each run's logits against hone-cpu on the base / merged weights.
-    let base = cpu_logits(spec, &s.model.weights, &prompt);
+    let base = cpu_logits(spec, &s.reference, &prompt);
     let merged: Vec<Vec<Vec<f32>>> = s
         .adapters
         .iter()
         .map(|(_, a)| {
-            let (mspec, mw) = a.merge_into(spec, &s.model.weights).unwrap();
+            let (mspec, mw) = a.merge_into(spec, &s.reference).unwrap();
             cpu_logits(&mspec, &mw, &prompt)
         })
         .collect();

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use hone_core::fixtures::{tiny_gguf_metadata, tiny_spec, tiny_weights, write_model_gguf};
 use hone_core::generate::{generate, GenerateOptions};
-use hone_core::{Architecture, DType, Model, ModelSpec, WeightStore};
+use hone_core::{Architecture, DType, Model, ModelSpec, TensorEntry, WeightStore};
 use hone_cpu::{CpuModel, CpuModelOptions, CpuSession};
 use serde_json::Value;
 
@@ -125,4 +125,25 @@ pub fn cpu_steps(
         steps.push(vec![logits.row(0).to_vec()]);
     }
     steps
+}
+
+/// `weights` as an int4 export stands for them: projections through their 4-bit blocks, the
+/// embedding and lm_head through their 8-bit blocks (see `hone_onnx::int4`).
+pub fn int4_rounded(weights: &WeightStore) -> WeightStore {
+    use hone_onnx::int4;
+    let mut out = weights.clone();
+    for (name, t) in out.tensors.iter_mut() {
+        if !int4::fits(t) {
+            continue;
+        }
+        let values = if name.ends_with("_proj.weight") {
+            int4::quantize(t).unwrap().dequantize()
+        } else if name == "model.embed_tokens.weight" || name == "lm_head.weight" {
+            int4::quantize8(t).unwrap().dequantize()
+        } else {
+            continue;
+        };
+        *t = TensorEntry::from_f32(name.clone(), t.shape.clone(), &values).unwrap();
+    }
+    out
 }
