@@ -43,8 +43,9 @@ pub enum Precision {
     /// Every weight stored as fp16 (half the file) and cast to fp32 in the graph: the
     /// arithmetic stays fp32, so it runs on every execution provider.
     Fp16,
-    /// q/k/v/o/gate/up/down as MatMulNBits (4-bit, blocks of 32), the embedding and lm_head
-    /// as 8-bit blocks (GatherBlockQuantized / MatMulNBits); see [`crate::int4`]. Norms fp32.
+    /// q/k/v/o/gate/up/down as MatMulNBits (4-bit, blocks of 32; see [`crate::int4`]);
+    /// embedding, lm_head and norms stay fp32 (8-bit MatMulNBits, the one format that would
+    /// keep Q8_0 exact, takes ONNX Runtime's slow CPU path: 50x a 4-bit one at the lm_head).
     Int4,
 }
 
@@ -355,18 +356,17 @@ impl<'a> Builder<'a> {
             &q.scales,
         ));
         let mut inputs = vec![x.to_string(), packed, scales];
+        let mut offsets = None;
         match q.zero_points {
             ZeroPoints::Eight => {}
-            ZeroPoints::Float(z) => {
-                inputs.push(self.init(Tensor::f32(format!("{name}.zero_points"), vec![n * nb], &z)))
-            }
+            ZeroPoints::Offsets(o) => offsets = Some(o),
             ZeroPoints::Packed(z) => {
                 let len = z.len() as i64;
                 inputs.push(self.init(Tensor::u8(format!("{name}.zero_points"), vec![len], z)))
             }
         }
         let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-        Ok(self.ms_op(
+        let y = self.ms_op(
             scope,
             "MatMulNBits",
             &refs,
@@ -376,7 +376,32 @@ impl<'a> Builder<'a> {
                 Attribute::int("bits", 4),
                 Attribute::int("block_size", int4::BLOCK as i64),
             ],
-        ))
+        );
+        let Some(offsets) = offsets else {
+            return Ok(y);
+        };
+        // + Σ_b (Σ_{k in block b} x[k]) · offset[n, b]
+        let blocks_shape = self.init(Tensor::i64(
+            format!("{name}.block_shape"),
+            vec![4],
+            &[0, 0, nb, int4::BLOCK as i64],
+        ));
+        let axis = self.init(Tensor::i64(format!("{name}.block_axis"), vec![1], &[-1]));
+        let offsets_t = transpose_scaled(&offsets, n as usize, nb as usize, 1.0);
+        let offsets_t = self.init(Tensor::f32(
+            format!("{name}.offsets.T"),
+            vec![nb, n],
+            &offsets_t,
+        ));
+        let xb = self.op(scope, "Reshape", &[x, &blocks_shape], vec![]);
+        let sums = self.op(
+            scope,
+            "ReduceSum",
+            &[&xb, &axis],
+            vec![Attribute::int("keepdims", 0)],
+        );
+        let shift = self.op(scope, "MatMul", &[&sums, &offsets_t], vec![]);
+        Ok(self.op(scope, "Add", &[&y, &shift], vec![]))
     }
 
     /// An ONNX Runtime contrib op (com.microsoft) with one output.
@@ -392,32 +417,6 @@ impl<'a> Builder<'a> {
             node.domain = MS_DOMAIN.into();
         }
         out
-    }
-
-    /// The 8-bit blocks of weight `name` as initializers: data `[N, K]` uint8, scales both
-    /// `[N, K/32]` (GatherBlockQuantized) and flat (MatMulNBits).
-    fn int8_weight(&mut self, name: &str) -> Result<Int8Names> {
-        let q = int4::quantize8(self.weights.get(name)?)?;
-        let (n, k) = (q.n as i64, q.k as i64);
-        let nb = k / int4::BLOCK as i64;
-        let scales_2d = self.init(Tensor::f32(
-            format!("{name}.scales_2d"),
-            vec![n, nb],
-            &q.scales,
-        ));
-        let scales_flat = self.init(Tensor::f32(
-            format!("{name}.scales"),
-            vec![n * nb],
-            &q.scales,
-        ));
-        let data = self.init(Tensor::u8(format!("{name}.int8"), vec![n, k], q.data));
-        Ok(Int8Names {
-            n: q.n,
-            k: q.k,
-            data,
-            scales_2d,
-            scales_flat,
-        })
     }
 
     /// A float graph input `name` with a zero-filled initializer of `shape` as its default.
@@ -453,16 +452,6 @@ impl<'a> Builder<'a> {
         let xn = self.op(scope, "Div", &[x, &std], vec![]);
         Ok(self.op(scope, "Mul", &[&xn, &w], vec![]))
     }
-}
-
-/// Initializer names of an 8-bit weight (see `Builder::int8_weight`).
-#[derive(Clone)]
-struct Int8Names {
-    n: usize,
-    k: usize,
-    data: String,
-    scales_2d: String,
-    scales_flat: String,
 }
 
 /// Constants shared by every layer.
@@ -558,38 +547,14 @@ fn build_graph(spec: &ModelSpec, weights: &WeightStore, opts: &ExportOptions) ->
         }
     }
 
-    // Embedding: fp32 Gather, or with int4 8-bit blocks through GatherBlockQuantized.
-    let embed_name = "model.embed_tokens.weight";
-    let embed8 = match b.precision {
-        Precision::Int4 if int4::fits(weights.get(embed_name)?) => Some(b.int8_weight(embed_name)?),
-        _ => None,
-    };
-    let (embed, mut x) = match &embed8 {
-        Some(q) => {
-            let x = b.ms_op(
-                "/model/embed_tokens",
-                "GatherBlockQuantized",
-                &[&q.data, "input_ids", &q.scales_2d],
-                vec![
-                    Attribute::int("bits", 8),
-                    Attribute::int("block_size", int4::BLOCK as i64),
-                    Attribute::int("gather_axis", 0),
-                    Attribute::int("quantize_axis", 1),
-                ],
-            );
-            (String::new(), x)
-        }
-        None => {
-            let embed = b.weight(embed_name)?;
-            let x = b.op(
-                "/model/embed_tokens",
-                "Gather",
-                &[&embed, "input_ids"],
-                vec![Attribute::int("axis", 0)],
-            );
-            (embed, x)
-        }
-    };
+    // Embedding.
+    let embed = b.weight("model.embed_tokens.weight")?;
+    let mut x = b.op(
+        "/model/embed_tokens",
+        "Gather",
+        &[&embed, "input_ids"],
+        vec![Attribute::int("axis", 0)],
+    );
 
     // Rotary tables from position_ids: angle = position * inv_freq, halves repeated (HF).
     let sc = "/model/rotary_emb";
@@ -689,52 +654,17 @@ fn build_graph(spec: &ModelSpec, weights: &WeightStore, opts: &ExportOptions) ->
     let sc = "/lm_head";
     let flat_shape = b.const_i64("flat_shape", &[2], &[-1, h]);
     let flat = b.op(sc, "Reshape", &[&xn, &flat_shape], vec![]);
-    let head_name = if spec.tie_word_embeddings {
-        embed_name
+    let head = if spec.tie_word_embeddings {
+        embed.clone()
     } else {
-        "lm_head.weight"
+        b.weight("lm_head.weight")?
     };
-    let head8 = match (&embed8, b.precision) {
-        (Some(q), _) if spec.tie_word_embeddings => Some(q.clone()),
-        (_, Precision::Int4) if int4::fits(weights.get(head_name)?) => {
-            Some(b.int8_weight(head_name)?)
-        }
-        _ => None,
-    };
-    let logits2 = match head8 {
-        Some(q) => {
-            let blocks_shape = b.const_i64(
-                "lm_head_blocks_shape",
-                &[3],
-                &[q.n as i64, -1, int4::BLOCK as i64],
-            );
-            let blocks = b.op(sc, "Reshape", &[&q.data, &blocks_shape], vec![]);
-            b.ms_op(
-                sc,
-                "MatMulNBits",
-                &[&flat, &blocks, &q.scales_flat],
-                vec![
-                    Attribute::int("K", q.k as i64),
-                    Attribute::int("N", q.n as i64),
-                    Attribute::int("bits", 8),
-                    Attribute::int("block_size", int4::BLOCK as i64),
-                ],
-            )
-        }
-        None => {
-            let head = if spec.tie_word_embeddings {
-                embed.clone()
-            } else {
-                b.weight(head_name)?
-            };
-            b.op(
-                sc,
-                "Gemm",
-                &[&flat, &head],
-                vec![Attribute::int("transB", 1)],
-            )
-        }
-    };
+    let logits2 = b.op(
+        sc,
+        "Gemm",
+        &[&flat, &head],
+        vec![Attribute::int("transB", 1)],
+    );
     let ids_shape = b.op(sc, "Shape", &["input_ids"], vec![]);
     let vocab_c = b.const_i64("vocab", &[1], &[vocab]);
     let out_shape = b.op(

@@ -7,11 +7,8 @@
 //!
 //! GGUF blocks map without a detour through f32 where they can: Q4_0 (`d·(q-8)`) keeps its
 //! nibbles and scale (zero point 8, ONNX Runtime's default, so the input is omitted); Q4_1
-//! (`d·q + m`) keeps its nibbles and scale with a float zero point `-m/d`. Any other type is
+//! (`d·q + m`) keeps its nibbles and scale with zero point 8 and a per-block offset `8d + m`. Any other type is
 //! dequantized and quantized per block, asymmetric, with packed 4-bit zero points.
-//!
-//! The embedding (and the lm_head, tied or not) use 8-bit blocks ([`Int8Weight`]): GGUF Q8_0
-//! maps exactly, and 8 bits keep the logits close where 4 would not.
 
 use hone_core::{DType, Error, Result, TensorEntry};
 
@@ -25,8 +22,11 @@ const BLOB: usize = BLOCK / 2;
 pub enum ZeroPoints {
     /// 8 for every block (ONNX Runtime's default: the input is left out).
     Eight,
-    /// One float per block, `[N * K/32]`.
-    Float(Vec<f32>),
+    /// 8 for every block (the input is left out), plus a float added to every value of the
+    /// block, `[N * K/32]`: `W = (q - 8)·scale + offset`. The graph adds the offsets as
+    /// `blocksum(x) · offsetsᵀ` next to MatMulNBits, because a float zero-point input sends
+    /// ONNX Runtime's CPU kernel to a path ~7x slower.
+    Offsets(Vec<f32>),
     /// 4-bit, two blocks per byte (low nibble first), `[N * ceil(K/32 / 2)]`.
     Packed(Vec<u8>),
 }
@@ -61,7 +61,7 @@ impl Int4Weight {
     fn zero_point(&self, block: usize) -> f32 {
         match &self.zero_points {
             ZeroPoints::Eight => 8.0,
-            ZeroPoints::Float(z) => z[block],
+            ZeroPoints::Offsets(_) => 8.0,
             ZeroPoints::Packed(z) => {
                 let per_row = self.blocks_per_row().div_ceil(2);
                 let (n, b) = (block / self.blocks_per_row(), block % self.blocks_per_row());
@@ -77,8 +77,13 @@ impl Int4Weight {
         for n in 0..self.n {
             for k in 0..self.k {
                 let block = n * self.blocks_per_row() + k / BLOCK;
-                out[n * self.k + k] =
-                    (f32::from(self.q(n, k)) - self.zero_point(block)) * self.scales[block];
+                let offset = match &self.zero_points {
+                    ZeroPoints::Offsets(o) => o[block],
+                    _ => 0.0,
+                };
+                out[n * self.k + k] = (f32::from(self.q(n, k)) - self.zero_point(block))
+                    * self.scales[block]
+                    + offset;
             }
         }
         out
@@ -137,25 +142,19 @@ pub fn quantize(t: &TensorEntry) -> Result<Int4Weight> {
         }
         DType::Q4_1 => {
             let mut zps = Vec::with_capacity(nb);
+            // d·q + m = d·(q - 8) + (8d + m).
             for b in bytes.chunks_exact(20).take(nb) {
                 let (d, m) = (f16_at(b, 0), f16_at(b, 2));
-                if d == 0.0 {
-                    // Every value is m: q = 1, zero point 0, scale m.
-                    scales.push(m);
-                    zps.push(0.0);
-                    packed.extend(std::iter::repeat_n(0x11, BLOB));
-                } else {
-                    scales.push(d);
-                    zps.push(-m / d);
-                    repack(&b[4..20], &mut packed);
-                }
+                scales.push(d);
+                zps.push(8.0 * d + m);
+                repack(&b[4..20], &mut packed);
             }
             Ok(Int4Weight {
                 n,
                 k,
                 packed,
                 scales,
-                zero_points: ZeroPoints::Float(zps),
+                zero_points: ZeroPoints::Offsets(zps),
             })
         }
         _ => Ok(quantize_f32(&t.to_f32(), n, k)),
@@ -194,62 +193,6 @@ pub fn quantize_f32(w: &[f32], n: usize, k: usize) -> Int4Weight {
     }
 }
 
-/// A `[N, K]` weight as 8-bit blocks of 32 with ONNX Runtime's default zero point 128
-/// (`MatMulNBits` bits=8, `GatherBlockQuantized`): `W[n, k] = (u[n, k] - 128) · scale`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Int8Weight {
-    pub n: usize,
-    pub k: usize,
-    /// `[N, K]`, the signed value + 128.
-    pub data: Vec<u8>,
-    /// `[N * K/32]`.
-    pub scales: Vec<f32>,
-}
-
-impl Int8Weight {
-    /// The weight these blocks stand for, `[N, K]` row-major.
-    pub fn dequantize(&self) -> Vec<f32> {
-        self.data
-            .iter()
-            .enumerate()
-            .map(|(i, &u)| (f32::from(u) - 128.0) * self.scales[i / BLOCK])
-            .collect()
-    }
-}
-
-/// `t` (`[N, K]`) as 8-bit blocks: GGUF Q8_0 blocks (`d·q`) map exactly; other types are
-/// quantized per block, symmetric (`scale = max|w| / 127`).
-pub fn quantize8(t: &TensorEntry) -> Result<Int8Weight> {
-    if !fits(t) {
-        return Err(Error::Invalid(format!(
-            "int8: tensor '{}' of shape {:?} is not a matrix with columns in blocks of {BLOCK}",
-            t.name, t.shape
-        )));
-    }
-    let (n, k) = (t.shape[0], t.shape[1]);
-    let nb = n * (k / BLOCK);
-    let mut data = Vec::with_capacity(n * k);
-    let mut scales = Vec::with_capacity(nb);
-    if t.dtype == DType::Q8_0 {
-        for b in t.data.as_slice().chunks_exact(34).take(nb) {
-            scales.push(f16_at(b, 0));
-            data.extend(b[2..34].iter().map(|&q| (q as i8 as i16 + 128) as u8));
-        }
-    } else {
-        for block in t.to_f32().chunks_exact(BLOCK) {
-            let max = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
-            scales.push(scale);
-            data.extend(
-                block
-                    .iter()
-                    .map(|v| ((v / scale).round().clamp(-127.0, 127.0) as i16 + 128) as u8),
-            );
-        }
-    }
-    Ok(Int8Weight { n, k, data, scales })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,17 +216,6 @@ mod tests {
                 .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
             // Q4_1 goes through zero point -m/d: a rounding step, not a requantization.
             assert!(worst <= 1e-6, "{dtype:?}: {worst}");
-        }
-    }
-
-    #[test]
-    fn q8_0_blocks_map_exactly_to_int8() {
-        let t = entry(DType::Q8_0, 4, 64, 5);
-        assert_eq!(quantize8(&t).unwrap().dequantize(), t.to_f32());
-        let f = entry(DType::F32, 4, 64, 6);
-        let q = quantize8(&f).unwrap();
-        for (i, (a, b)) in f.to_f32().iter().zip(q.dequantize()).enumerate() {
-            assert!((a - b).abs() <= 0.5 * q.scales[i / BLOCK] + 1e-7, "{i}");
         }
     }
 

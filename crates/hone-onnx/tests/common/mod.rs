@@ -127,8 +127,8 @@ pub fn cpu_steps(
     steps
 }
 
-/// `weights` as an int4 export stands for them: projections through their 4-bit blocks, the
-/// embedding and lm_head through their 8-bit blocks (see `hone_onnx::int4`).
+/// `weights` as an int4 export stands for them: projections through their 4-bit blocks (see
+/// `hone_onnx::int4`).
 pub fn int4_rounded(weights: &WeightStore) -> WeightStore {
     use hone_onnx::int4;
     let mut out = weights.clone();
@@ -136,13 +136,10 @@ pub fn int4_rounded(weights: &WeightStore) -> WeightStore {
         if !int4::fits(t) {
             continue;
         }
-        let values = if name.ends_with("_proj.weight") {
-            int4::quantize(t).unwrap().dequantize()
-        } else if name == "model.embed_tokens.weight" || name == "lm_head.weight" {
-            int4::quantize8(t).unwrap().dequantize()
-        } else {
+        if !name.ends_with("_proj.weight") {
             continue;
-        };
+        }
+        let values = int4::quantize(t).unwrap().dequantize();
         *t = TensorEntry::from_f32(name.clone(), t.shape.clone(), &values).unwrap();
     }
     out
