@@ -12,6 +12,8 @@ const state = (window.honeState = {
   model: null,
   dataset: null,
   losses: [],
+  /** [step, seconds, input tokens] of each step. */
+  stepTimes: [],
   evals: [],
   device: null,
   fallbackReason: null,
@@ -121,13 +123,13 @@ async function loadModel(source, name) {
     });
     state.model = { ...info, url: typeof source === "string" ? source : null };
     $("model-status").textContent = `${info.name}: ${info.architecture}, ${info.layers} layers, hidden ${info.hiddenSize}, vocabulary ${info.vocabSize}, ${(info.weightBytes / 1e6).toFixed(1)} MB of weights.`;
-    await updatePreview();
   } catch (e) {
     $("model-status").textContent = "No model loaded.";
     throw e;
   } finally {
     prog.hidden = true;
   }
+  await updatePreview();
 }
 
 async function loadDataset(source, name) {
@@ -147,11 +149,12 @@ async function loadDataset(source, name) {
     datasetSource = { name, text };
     state.dataset = d;
     $("data-status").textContent = `${d.name}: ${d.rows} rows.`;
-    await updatePreview();
   } catch (e) {
     $("data-status").textContent = "No dataset loaded.";
     throw e;
   }
+  // A row the template cannot render is reported here (and again by Start, which refuses it).
+  await updatePreview();
 }
 
 async function updatePreview() {
@@ -216,6 +219,7 @@ function onProgress(ev, d) {
     notice(d.resumed ? `Resumed from the checkpoint at step ${d.step}. ${d.summary}` : d.summary);
   } else if (ev === "step") {
     state.losses.push([d.step, d.loss]);
+    state.stepTimes.push([d.step, d.seconds, d.input_tokens]);
     $("step-info").textContent = `${d.step} / ${d.totalSteps}`;
     $("loss-info").textContent = d.loss.toFixed(4);
     $("tps").textContent = d.meanTokensPerSecond.toFixed(1);
@@ -255,6 +259,7 @@ async function train(resume, saved = null) {
     state.losses = [];
     state.evals = [];
     state.checkpoints = [];
+    state.stepTimes = [];
   }
   refreshButtons();
   try {
