@@ -11,6 +11,13 @@ struct Params { n_new: u32, pos0: u32, nh: u32, nkv: u32, group: u32, scale: f32
 
 const HD4: u32 = HD / 4u * 4u;
 const NEG: f32 = -1e30;
+
+// e^d for d <= 0 (a score minus a running max), exactly 0 below -87 where f32's e^d is 0 or
+// denormal anyway. WGSL's exp() may be arbitrarily wrong for a huge |d| (its error bound grows
+// with |d|), and Chromium's SwiftShader is: the masked -1e30 must never reach it.
+fn exp_neg(d: f32) -> f32 {
+    return select(0.0, exp(max(d, -87.0)), d > -87.0);
+}
 const STRIDE: u32 = HD + 2u;
 var<workgroup> sm: array<f32, DW * STRIDE>;
 
@@ -42,8 +49,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         for (var d = HD4; d < HD; d++) { s0 += qv[d] * kc[ko + d]; }
         let s = (s0 + s1) + (s2 + s3);
         let mn = max(m, s);
-        let c = exp(m - mn);
-        let pj = exp(s - mn);
+        let c = exp_neg(m - mn);
+        let pj = exp_neg(s - mn);
         l = l * c + pj;
         for (var d = 0u; d < HD; d++) { acc[d] = acc[d] * c + pj * vc[ko + d]; }
         m = mn;
@@ -56,11 +63,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     var mm = NEG;
     for (var t = 0u; t < DW; t++) { mm = max(mm, sm[t * STRIDE]); }
     var den = 0.0;
-    for (var t = 0u; t < DW; t++) { den += exp(sm[t * STRIDE] - mm) * sm[t * STRIDE + 1u]; }
+    for (var t = 0u; t < DW; t++) { den += exp_neg(sm[t * STRIDE] - mm) * sm[t * STRIDE + 1u]; }
     let inv = 1.0 / den;
     for (var d = lid.x; d < HD; d += DW) {
         var num = 0.0;
-        for (var t = 0u; t < DW; t++) { num += exp(sm[t * STRIDE] - mm) * sm[t * STRIDE + 2u + d]; }
+        for (var t = 0u; t < DW; t++) { num += exp_neg(sm[t * STRIDE] - mm) * sm[t * STRIDE + 2u + d]; }
         out[qo + d] = num * inv;
     }
 }

@@ -15,6 +15,13 @@ struct Params { seq: u32, nh: u32, nkv: u32, group: u32, scale: f32, nx: u32, nq
 const NC: u32 = (HD + 3u) / 4u;             // vec4 chunks per head row (the last one padded)
 const NEG: f32 = -1e30;
 
+// e^d for d <= 0 (a score minus a running max), exactly 0 below -87 where f32's e^d is 0 or
+// denormal anyway. WGSL's exp() may be arbitrarily wrong for a huge |d| (its error bound grows
+// with |d|), and Chromium's SwiftShader is: the masked -1e30 must never reach it.
+fn exp_neg(d: f32) -> f32 {
+    return select(0.0, exp(max(d, -87.0)), d > -87.0);
+}
+
 // Chunk c of a head row at `o` (components past HD read as 0).
 fn ld_q(o: u32, c: u32) -> vec4<f32> {
     let b = o + 4u * c;
@@ -81,7 +88,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         }
         var corr: array<f32, QR>;
         for (var r = 0u; r < QR; r++) {
-            corr[r] = exp(m[r] - mb[r]);
+            corr[r] = exp_neg(m[r] - mb[r]);
             l[r] *= corr[r];
             m[r] = mb[r];
         }
@@ -93,7 +100,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             if (j < n_keys) {
                 var pj: array<f32, QR>;
                 for (var r = 0u; r < QR; r++) {
-                    pj[r] = exp(s[t * QR + r] - m[r]);
+                    pj[r] = exp_neg(s[t * QR + r] - m[r]);
                     l[r] += pj[r];
                 }
                 let vo = kbase + j * kvd;
