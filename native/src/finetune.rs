@@ -13,11 +13,11 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use hone_core::adapter::LoraConfig;
 use hone_core::checkpoint::{self, checkpoint_name, Checkpoint, ModelFingerprint};
-use hone_core::data::{read_dataset, DataFormat, Loader, LoaderOptions, Padding};
+use hone_core::data::{read_dataset, DataFormat};
 use hone_core::engine::Engine;
 use hone_core::finetune::{
     adapter_to_params, make_checkpoint, optimizer_from_checkpoint, pad_id, resume_differences,
-    trainer_state_of, CheckpointMeta, FinetuneConfig, SplitData,
+    trainer_state_of, CheckpointMeta, FinetuneConfig, RunBatches, SplitData,
 };
 use hone_core::schedule::LrSchedule;
 use hone_core::tensorboard::{EventWriter, MetricsJsonl, MetricsSink};
@@ -617,34 +617,15 @@ pub fn cmd_finetune(args: FinetuneArgs) -> Result<()> {
     if let Some(first) = train.examples.first() {
         say(&format!("[hone] first example: {:?}", first.text()));
     }
-    let pad = pad_id(&model);
-    let loader = Loader::new(
-        train.tokenized.items.clone(),
-        LoaderOptions {
-            batch_size: cfg.per_device_train_batch_size,
-            shuffle: true,
-            seed: cfg.seed,
-            drop_last: false,
-            pad_id: pad,
-            padding: Padding::Longest,
-        },
-    )?;
-    let eval_batches = eval
-        .as_ref()
-        .map(|e| e.eval_batches(cfg.per_device_eval_batch_size, pad))
-        .unwrap_or_default();
+    let RunBatches {
+        loader,
+        eval_batches,
+        max_seq,
+    } = cfg.run_batches(&train, eval.as_ref(), pad_id(&model))?;
     let total = cfg.total_steps(loader.batches_per_epoch());
     let schedule = cfg.schedule(total)?;
 
     // Engine and adapter.
-    let max_seq = train
-        .tokenized
-        .items
-        .iter()
-        .chain(eval.iter().flat_map(|e| e.tokenized.items.iter()))
-        .map(|t| t.ids.len())
-        .max()
-        .unwrap_or(1);
     let mut engine = open_engine(
         EngineRequest {
             device: &cfg.device,

@@ -5,10 +5,10 @@
 
 use hone_core::adapter::{LoraAdapter, LoraConfig};
 use hone_core::checkpoint::ModelFingerprint;
-use hone_core::data::{Batch, Dataset, Loader, LoaderOptions, Padding};
+use hone_core::data::{Batch, Dataset, Loader};
 use hone_core::engine::{Engine, LoraSetup};
 use hone_core::finetune::{
-    adapter_to_params, pad_id, params_to_adapter, FinetuneConfig, SplitData,
+    adapter_to_params, pad_id, params_to_adapter, FinetuneConfig, RunBatches, SplitData,
 };
 use hone_core::schedule::LrSchedule;
 use hone_core::trainer::{
@@ -136,33 +136,15 @@ impl RunPlan {
             .map(|s| SplitData::build(dataset, s, cfg.max_eval_samples, &data_opts, model))
             .transpose()
             .map_err(js_err)?;
-        let pad = pad_id(model);
-        let loader = Loader::new(
-            train.tokenized.items.clone(),
-            LoaderOptions {
-                batch_size: cfg.per_device_train_batch_size,
-                shuffle: true,
-                seed: cfg.seed,
-                drop_last: false,
-                pad_id: pad,
-                padding: Padding::Longest,
-            },
-        )
-        .map_err(js_err)?;
-        let eval_batches = eval
-            .as_ref()
-            .map(|e| e.eval_batches(cfg.per_device_eval_batch_size, pad))
-            .unwrap_or_default();
+        let RunBatches {
+            loader,
+            eval_batches,
+            max_seq,
+        } = cfg
+            .run_batches(&train, eval.as_ref(), pad_id(model))
+            .map_err(js_err)?;
         let total = cfg.total_steps(loader.batches_per_epoch());
         let schedule = cfg.schedule(total).map_err(js_err)?;
-        let max_seq = train
-            .tokenized
-            .items
-            .iter()
-            .chain(eval.iter().flat_map(|e| e.tokenized.items.iter()))
-            .map(|t| t.ids.len())
-            .max()
-            .unwrap_or(1);
         if let Some(c) = &resume {
             if c.state.step >= total {
                 return Err(js_err(format!(

@@ -18,8 +18,8 @@ use crate::adapter::{
 use crate::chat::{ChatMessage, ChatTemplate};
 use crate::checkpoint::{AdamWState, Checkpoint, ModelFingerprint};
 use crate::data::{
-    build_examples, tokenize_examples, Batch, Dataset, Example, ExampleFormat, Examples, Message,
-    Split, Template, TokenizeOptions, Tokenized, TrainItem,
+    build_examples, tokenize_examples, Batch, Dataset, Example, ExampleFormat, Examples, Loader,
+    LoaderOptions, Message, Padding, Split, Template, TokenizeOptions, Tokenized, TrainItem,
 };
 use crate::engine::{AdamW, LoraSetup, NamedTensor, OptimizerState, TrainTarget};
 use crate::error::{Error, Result};
@@ -324,6 +324,53 @@ impl SplitData {
 
 /// The id written into padding: the tokenizer's pad token, else eos, else 0 (labels of padding
 /// are ignored, so only attention sees it, and attention is causal: it never does).
+/// What a run's trainer consumes: the training loader (shuffled with the run's seed, each batch
+/// padded to its longest example), the eval batches, and the longest example of either split
+/// (what an engine plans its buffers for).
+pub struct RunBatches {
+    pub loader: Loader,
+    pub eval_batches: Vec<Batch>,
+    pub max_seq: usize,
+}
+
+impl FinetuneConfig {
+    /// The loader, eval batches and longest example of a run over these splits.
+    pub fn run_batches(
+        &self,
+        train: &SplitData,
+        eval: Option<&SplitData>,
+        pad_id: u32,
+    ) -> Result<RunBatches> {
+        let loader = Loader::new(
+            train.tokenized.items.clone(),
+            LoaderOptions {
+                batch_size: self.per_device_train_batch_size,
+                shuffle: true,
+                seed: self.seed,
+                drop_last: false,
+                pad_id,
+                padding: Padding::Longest,
+            },
+        )?;
+        let eval_batches = eval
+            .map(|e| e.eval_batches(self.per_device_eval_batch_size, pad_id))
+            .unwrap_or_default();
+        let max_seq = train
+            .tokenized
+            .items
+            .iter()
+            .chain(eval.iter().flat_map(|e| e.tokenized.items.iter()))
+            .map(|t| t.ids.len())
+            .max()
+            .unwrap_or(1);
+        Ok(RunBatches {
+            loader,
+            eval_batches,
+            max_seq,
+        })
+    }
+}
+
 pub fn pad_id(model: &Model) -> u32 {
     model
         .tokenizer
