@@ -9,9 +9,16 @@ use hone_core::fixtures::{tiny_spec, tiny_weights};
 use hone_core::{Architecture, DType, ModelSpec, WeightStore};
 use hone_cpu::train::{CpuEngine, CpuTrainOptions};
 use hone_gpu::engine::{GpuEngine, GpuTrainOptions};
-use hone_gpu::{Gpu, GpuOptions};
+use hone_gpu::Gpu;
+#[cfg(not(target_arch = "wasm32"))]
+use hone_gpu::GpuOptions;
+#[cfg(not(target_arch = "wasm32"))]
 use pollster::block_on;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+#[cfg(not(target_arch = "wasm32"))]
+use std::sync::OnceLock;
+
+mod common;
 
 struct Lcg(u64);
 impl Lcg {
@@ -82,22 +89,52 @@ fn batch(vocab: usize, b: usize, t: usize, seed: u64) -> (Vec<u32>, Vec<i32>) {
 }
 
 /// One device for the whole test binary: kernels compile once (seconds each on lavapipe).
-fn gpu() -> Arc<Gpu> {
+/// One device for all tests of this file (its compiled kernels are reused: lavapipe takes
+/// seconds per kernel).
+#[cfg(not(target_arch = "wasm32"))]
+async fn gpu() -> Arc<Gpu> {
     static GPU: OnceLock<Arc<Gpu>> = OnceLock::new();
-    GPU.get_or_init(|| {
-        Arc::new(
-            Gpu::new_blocking(&GpuOptions::default()).expect("a wgpu adapter (lavapipe in CI)"),
-        )
-    })
-    .clone()
+    if let Some(g) = GPU.get() {
+        return g.clone();
+    }
+    let g = Arc::new(common::gpu().await);
+    GPU.get_or_init(|| g).clone()
 }
 
-fn engines(spec: &ModelSpec, w: &WeightStore, s: &LoraSetup, hp: AdamW) -> (CpuEngine, GpuEngine) {
+/// One device for all tests of this file (the browser runs them on one thread).
+#[cfg(target_arch = "wasm32")]
+#[allow(clippy::arc_with_non_send_sync)]
+async fn gpu() -> Arc<Gpu> {
+    thread_local! {
+        static GPU: std::cell::RefCell<Option<Arc<Gpu>>> = const { std::cell::RefCell::new(None) };
+    }
+    if let Some(g) = GPU.with(|c| c.borrow().clone()) {
+        return g;
+    }
+    let g = Arc::new(common::gpu().await);
+    GPU.with(|c| *c.borrow_mut() = Some(g.clone()));
+    g
+}
+
+async fn engines(
+    spec: &ModelSpec,
+    w: &WeightStore,
+    s: &LoraSetup,
+    hp: AdamW,
+) -> (CpuEngine, GpuEngine) {
     let mut c = CpuEngine::new(spec, w, s.clone(), hp, CpuTrainOptions::default()).unwrap();
-    let mut g = GpuEngine::new(gpu(), spec, w, s.clone(), hp, GpuTrainOptions::default()).unwrap();
+    let mut g = GpuEngine::new(
+        gpu().await,
+        spec,
+        w,
+        s.clone(),
+        hp,
+        GpuTrainOptions::default(),
+    )
+    .unwrap();
     let p = random_lora(s, 7);
-    block_on(c.set_params(&p)).unwrap();
-    block_on(g.set_params(&p)).unwrap();
+    c.set_params(&p).await.unwrap();
+    g.set_params(&p).await.unwrap();
     (c, g)
 }
 
@@ -128,17 +165,17 @@ fn mb<'a>(b: &'a (Vec<u32>, Vec<i32>), batch: usize, seq: usize) -> MicroBatch<'
     }
 }
 
-fn one_step(spec: &ModelSpec, dtype: DType, dropout: f32, what: &str) {
+async fn one_step(spec: &ModelSpec, dtype: DType, dropout: f32, what: &str) {
     let w = tiny_weights(spec, dtype, 11).unwrap();
     let s = setup(spec, 4, dropout);
-    let (mut c, mut g) = engines(spec, &w, &s, AdamW::default());
+    let (mut c, mut g) = engines(spec, &w, &s, AdamW::default()).await;
     c.set_dropout_seed(5);
     g.set_dropout_seed(5);
     let (bsz, seq) = (2, 13);
     let b = batch(spec.vocab_size, bsz, seq, 3);
     let scale = 1.0 / 20.0;
-    let lc = block_on(c.forward_backward(&mb(&b, bsz, seq), scale)).unwrap();
-    let lg = block_on(g.forward_backward(&mb(&b, bsz, seq), scale)).unwrap();
+    let lc = c.forward_backward(&mb(&b, bsz, seq), scale).await.unwrap();
+    let lg = g.forward_backward(&mb(&b, bsz, seq), scale).await.unwrap();
     assert_eq!(lc.tokens, lg.tokens);
     let rel = ((lc.nll_sum - lg.nll_sum) / lc.nll_sum).abs();
     assert!(
@@ -147,7 +184,7 @@ fn one_step(spec: &ModelSpec, dtype: DType, dropout: f32, what: &str) {
         lg.nll_sum,
         lc.nll_sum
     );
-    let d = rel_diff(&block_on(g.grads()).unwrap(), &block_on(c.grads()).unwrap());
+    let d = rel_diff(&g.grads().await.unwrap(), &c.grads().await.unwrap());
     eprintln!("{what}: loss rel {rel:.2e}, grads rel {d:.2e}");
     assert!(
         d < 2e-4,
@@ -155,43 +192,45 @@ fn one_step(spec: &ModelSpec, dtype: DType, dropout: f32, what: &str) {
     );
     // A second micro-batch accumulates (another shape: the plan grows once).
     let b2 = batch(spec.vocab_size, 3, 9, 4);
-    block_on(c.forward_backward(&mb(&b2, 3, 9), scale)).unwrap();
-    block_on(g.forward_backward(&mb(&b2, 3, 9), scale)).unwrap();
-    let d = rel_diff(&block_on(g.grads()).unwrap(), &block_on(c.grads()).unwrap());
+    c.forward_backward(&mb(&b2, 3, 9), scale).await.unwrap();
+    g.forward_backward(&mb(&b2, 3, 9), scale).await.unwrap();
+    let d = rel_diff(&g.grads().await.unwrap(), &c.grads().await.unwrap());
     assert!(d < 2e-4, "{what}: accumulated gradients differ by {d:.2e}");
 }
 
-#[test]
-fn one_step_matches_the_cpu_engine_for_each_weight_type() {
-    let spec = tiny_spec(Architecture::Llama, true, 300);
-    for dtype in [
-        DType::F32,
-        DType::F16,
-        DType::Q8_0,
-        DType::Q4_0,
-        DType::Q4_1,
-        DType::Q4K,
-        DType::Q6K,
-    ] {
-        one_step(&spec, dtype, 0.0, &format!("llama tied {dtype}"));
+gpu_test!(
+    async fn one_step_matches_the_cpu_engine_for_each_weight_type() {
+        let spec = tiny_spec(Architecture::Llama, true, 300);
+        for dtype in [
+            DType::F32,
+            DType::F16,
+            DType::Q8_0,
+            DType::Q4_0,
+            DType::Q4_1,
+            DType::Q4K,
+            DType::Q6K,
+        ] {
+            one_step(&spec, dtype, 0.0, &format!("llama tied {dtype}")).await;
+        }
     }
-}
+);
 
-#[test]
-fn one_step_matches_with_biases_untied_head_and_dropout() {
-    let spec = tiny_spec(Architecture::Qwen2, false, 301);
-    one_step(&spec, DType::F32, 0.0, "qwen2 untied f32");
-    one_step(&spec, DType::Q8_0, 0.1, "qwen2 untied q8_0 dropout 0.1");
-    // Odd sizes: nothing a multiple of a workgroup or tile; GQA 3:1 with head_dim 10.
-    let mut odd = tiny_spec(Architecture::Llama, false, 97);
-    odd.hidden_size = 45;
-    odd.num_attention_heads = 6;
-    odd.num_key_value_heads = 2;
-    odd.head_dim = 10;
-    odd.intermediate_size = 77;
-    odd.num_hidden_layers = 3;
-    one_step(&odd, DType::F32, 0.2, "odd sizes f32 dropout 0.2");
-}
+gpu_test!(
+    async fn one_step_matches_with_biases_untied_head_and_dropout() {
+        let spec = tiny_spec(Architecture::Qwen2, false, 301);
+        one_step(&spec, DType::F32, 0.0, "qwen2 untied f32").await;
+        one_step(&spec, DType::Q8_0, 0.1, "qwen2 untied q8_0 dropout 0.1").await;
+        // Odd sizes: nothing a multiple of a workgroup or tile; GQA 3:1 with head_dim 10.
+        let mut odd = tiny_spec(Architecture::Llama, false, 97);
+        odd.hidden_size = 45;
+        odd.num_attention_heads = 6;
+        odd.num_key_value_heads = 2;
+        odd.head_dim = 10;
+        odd.intermediate_size = 77;
+        odd.num_hidden_layers = 3;
+        one_step(&odd, DType::F32, 0.2, "odd sizes f32 dropout 0.2").await;
+    }
+);
 
 /// The tiny model, LoRA (rank 4, dropout 0.05) and AdamW of the loss-curve tests.
 fn curve_case() -> (ModelSpec, WeightStore, LoraSetup, AdamW) {
@@ -205,173 +244,194 @@ fn curve_case() -> (ModelSpec, WeightStore, LoraSetup, AdamW) {
     (spec, w, s, hp)
 }
 
-#[test]
-fn twenty_steps_follow_the_cpu_loss_curve_and_checkpoints_move_between_engines() {
-    let (spec, w, s, hp) = curve_case();
-    let (mut c, mut g) = engines(&spec, &w, &s, hp);
-    let (bsz, seq) = (2, 16);
-    let mut worst = 0f64;
-    for step in 0..20u64 {
-        c.set_dropout_seed(step);
-        g.set_dropout_seed(step);
-        let b = batch(spec.vocab_size, bsz, seq, 100 + step % 3);
-        let lc = block_on(c.forward_backward(&mb(&b, bsz, seq), 1.0 / 28.0)).unwrap();
-        let lg = block_on(g.forward_backward(&mb(&b, bsz, seq), 1.0 / 28.0)).unwrap();
-        let sc = block_on(c.optimizer_step(3e-3, Some(0.5))).unwrap();
-        let sg = block_on(g.optimizer_step(3e-3, Some(0.5))).unwrap();
-        let rel = ((lc.mean() - lg.mean()) / lc.mean()).abs();
-        let nrel = ((sc.grad_norm - sg.grad_norm) / sc.grad_norm).abs() as f64;
-        worst = worst.max(rel);
-        assert!(
-            rel < 1e-3,
-            "step {step}: loss {} vs cpu {}",
-            lg.mean(),
-            lc.mean()
-        );
-        assert!(
-            nrel < 1e-3,
-            "step {step}: grad norm {} vs cpu {}",
-            sg.grad_norm,
-            sc.grad_norm
-        );
-    }
-    eprintln!("20 steps: worst loss rel diff {worst:.2e}");
-    let dp = rel_diff(
-        &block_on(g.params()).unwrap(),
-        &block_on(c.params()).unwrap(),
-    );
-    assert!(dp < 1e-3, "parameters after 20 steps differ by {dp:.2e}");
-    // Evaluation agrees.
-    let b = batch(spec.vocab_size, 3, 11, 9);
-    let ec = block_on(c.eval_loss(&mb(&b, 3, 11))).unwrap();
-    let eg = block_on(g.eval_loss(&mb(&b, 3, 11))).unwrap();
-    assert!(((ec.nll_sum - eg.nll_sum) / ec.nll_sum).abs() < 1e-4);
-
-    // The CPU engine's state (as a checkpoint holds it) continues on a fresh GPU engine, and
-    // the reverse; both continuations agree with the CPU engine's own.
-    let params = block_on(c.params()).unwrap();
-    let opt = block_on(c.optimizer_state()).unwrap();
-    let mut g2 =
-        GpuEngine::new(gpu(), &spec, &w, s.clone(), hp, GpuTrainOptions::default()).unwrap();
-    block_on(g2.set_params(&params)).unwrap();
-    block_on(g2.set_optimizer_state(&opt)).unwrap();
-    let gparams = block_on(g.params()).unwrap();
-    let gopt = block_on(g.optimizer_state()).unwrap();
-    assert_eq!(gopt.step, 20);
-    let mut c2 = CpuEngine::new(&spec, &w, s.clone(), hp, CpuTrainOptions::default()).unwrap();
-    block_on(c2.set_params(&gparams)).unwrap();
-    block_on(c2.set_optimizer_state(&gopt)).unwrap();
-    for step in 20..23u64 {
-        let b = batch(spec.vocab_size, bsz, seq, step);
-        for e in [&mut c as &mut dyn StepOnce, &mut g2, &mut c2] {
-            e.step_once(step, &b, bsz, seq);
+gpu_test!(
+    async fn twenty_steps_follow_the_cpu_loss_curve_and_checkpoints_move_between_engines() {
+        let (spec, w, s, hp) = curve_case();
+        let (mut c, mut g) = engines(&spec, &w, &s, hp).await;
+        let (bsz, seq) = (2, 16);
+        let mut worst = 0f64;
+        for step in 0..20u64 {
+            c.set_dropout_seed(step);
+            g.set_dropout_seed(step);
+            let b = batch(spec.vocab_size, bsz, seq, 100 + step % 3);
+            let lc = c
+                .forward_backward(&mb(&b, bsz, seq), 1.0 / 28.0)
+                .await
+                .unwrap();
+            let lg = g
+                .forward_backward(&mb(&b, bsz, seq), 1.0 / 28.0)
+                .await
+                .unwrap();
+            let sc = c.optimizer_step(3e-3, Some(0.5)).await.unwrap();
+            let sg = g.optimizer_step(3e-3, Some(0.5)).await.unwrap();
+            let rel = ((lc.mean() - lg.mean()) / lc.mean()).abs();
+            let nrel = ((sc.grad_norm - sg.grad_norm) / sc.grad_norm).abs() as f64;
+            worst = worst.max(rel);
+            assert!(
+                rel < 1e-3,
+                "step {step}: loss {} vs cpu {}",
+                lg.mean(),
+                lc.mean()
+            );
+            assert!(
+                nrel < 1e-3,
+                "step {step}: grad norm {} vs cpu {}",
+                sg.grad_norm,
+                sc.grad_norm
+            );
         }
+        eprintln!("20 steps: worst loss rel diff {worst:.2e}");
+        let dp = rel_diff(&g.params().await.unwrap(), &c.params().await.unwrap());
+        assert!(dp < 1e-3, "parameters after 20 steps differ by {dp:.2e}");
+        // Evaluation agrees.
+        let b = batch(spec.vocab_size, 3, 11, 9);
+        let ec = c.eval_loss(&mb(&b, 3, 11)).await.unwrap();
+        let eg = g.eval_loss(&mb(&b, 3, 11)).await.unwrap();
+        assert!(((ec.nll_sum - eg.nll_sum) / ec.nll_sum).abs() < 1e-4);
+
+        // The CPU engine's state (as a checkpoint holds it) continues on a fresh GPU engine, and
+        // the reverse; both continuations agree with the CPU engine's own.
+        let params = c.params().await.unwrap();
+        let opt = c.optimizer_state().await.unwrap();
+        let mut g2 = GpuEngine::new(
+            gpu().await,
+            &spec,
+            &w,
+            s.clone(),
+            hp,
+            GpuTrainOptions::default(),
+        )
+        .unwrap();
+        g2.set_params(&params).await.unwrap();
+        g2.set_optimizer_state(&opt).await.unwrap();
+        let gparams = g.params().await.unwrap();
+        let gopt = g.optimizer_state().await.unwrap();
+        assert_eq!(gopt.step, 20);
+        let mut c2 = CpuEngine::new(&spec, &w, s.clone(), hp, CpuTrainOptions::default()).unwrap();
+        c2.set_params(&gparams).await.unwrap();
+        c2.set_optimizer_state(&gopt).await.unwrap();
+        for step in 20..23u64 {
+            let b = batch(spec.vocab_size, bsz, seq, step);
+            step_once(&mut c, step, &b, bsz, seq).await;
+            step_once(&mut g2, step, &b, bsz, seq).await;
+            step_once(&mut c2, step, &b, bsz, seq).await;
+        }
+        let p_c = c.params().await.unwrap();
+        let d1 = rel_diff(&g2.params().await.unwrap(), &p_c);
+        let d2 = rel_diff(&c2.params().await.unwrap(), &p_c);
+        assert!(
+            d1 < 1e-3 && d2 < 2e-3,
+            "resumed runs differ: {d1:.2e} {d2:.2e}"
+        );
     }
-    let p_c = block_on(c.params()).unwrap();
-    let d1 = rel_diff(&block_on(g2.params()).unwrap(), &p_c);
-    let d2 = rel_diff(&block_on(c2.params()).unwrap(), &p_c);
-    assert!(
-        d1 < 1e-3 && d2 < 2e-3,
-        "resumed runs differ: {d1:.2e} {d2:.2e}"
-    );
+);
+
+async fn step_once<E: Engine>(
+    e: &mut E,
+    step: u64,
+    b: &(Vec<u32>, Vec<i32>),
+    bsz: usize,
+    seq: usize,
+) {
+    e.set_dropout_seed(step);
+    e.forward_backward(&mb(b, bsz, seq), 1.0 / 28.0)
+        .await
+        .unwrap();
+    e.optimizer_step(3e-3, Some(0.5)).await.unwrap();
 }
 
-trait StepOnce {
-    fn step_once(&mut self, step: u64, b: &(Vec<u32>, Vec<i32>), bsz: usize, seq: usize);
-}
-impl<E: Engine> StepOnce for E {
-    fn step_once(&mut self, step: u64, b: &(Vec<u32>, Vec<i32>), bsz: usize, seq: usize) {
-        self.set_dropout_seed(step);
-        block_on(self.forward_backward(&mb(b, bsz, seq), 1.0 / 28.0)).unwrap();
-        block_on(self.optimizer_step(3e-3, Some(0.5))).unwrap();
+gpu_test!(
+    async fn gradient_checkpointing_gives_the_same_gradients_with_less_memory() {
+        let spec = tiny_spec(Architecture::Llama, false, 300);
+        let w = tiny_weights(&spec, DType::Q8_0, 2).unwrap();
+        let s = setup(&spec, 4, 0.1);
+        let p = random_lora(&s, 3);
+        let b = batch(spec.vocab_size, 2, 21, 8);
+        let mut grads = Vec::new();
+        let mut mem = Vec::new();
+        for gc in [false, true] {
+            let opts = GpuTrainOptions {
+                gradient_checkpointing: gc,
+                ..Default::default()
+            };
+            let mut g =
+                GpuEngine::new(gpu().await, &spec, &w, s.clone(), AdamW::default(), opts).unwrap();
+            g.set_params(&p).await.unwrap();
+            g.set_dropout_seed(9);
+            g.forward_backward(&mb(&b, 2, 21), 0.05).await.unwrap();
+            grads.push(g.grads().await.unwrap());
+            mem.push(g.planned_bytes().activations);
+        }
+        // The recomputed forward is the same arithmetic: identical gradients.
+        assert_eq!(rel_diff(&grads[1], &grads[0]), 0.0);
+        assert!(
+            mem[1] < mem[0],
+            "checkpointing planned {} bytes, without {}",
+            mem[1],
+            mem[0]
+        );
     }
-}
+);
 
-#[test]
-fn gradient_checkpointing_gives_the_same_gradients_with_less_memory() {
-    let spec = tiny_spec(Architecture::Llama, false, 300);
-    let w = tiny_weights(&spec, DType::Q8_0, 2).unwrap();
-    let s = setup(&spec, 4, 0.1);
-    let p = random_lora(&s, 3);
-    let b = batch(spec.vocab_size, 2, 21, 8);
-    let mut grads = Vec::new();
-    let mut mem = Vec::new();
-    for gc in [false, true] {
-        let opts = GpuTrainOptions {
-            gradient_checkpointing: gc,
-            ..Default::default()
-        };
-        let mut g = GpuEngine::new(gpu(), &spec, &w, s.clone(), AdamW::default(), opts).unwrap();
-        block_on(g.set_params(&p)).unwrap();
-        g.set_dropout_seed(9);
-        block_on(g.forward_backward(&mb(&b, 2, 21), 0.05)).unwrap();
-        grads.push(block_on(g.grads()).unwrap());
-        mem.push(g.planned_bytes().activations);
-    }
-    // The recomputed forward is the same arithmetic: identical gradients.
-    assert_eq!(rel_diff(&grads[1], &grads[0]), 0.0);
-    assert!(
-        mem[1] < mem[0],
-        "checkpointing planned {} bytes, without {}",
-        mem[1],
-        mem[0]
-    );
-}
-
-#[test]
-fn faults_are_errors_that_say_what_happened() {
-    let spec = tiny_spec(Architecture::Llama, true, 300);
-    let w = tiny_weights(&spec, DType::F32, 1).unwrap();
-    let s = setup(&spec, 2, 0.0);
-    // Its own device: this one gets lost below, and the others share theirs.
-    let own = Arc::new(Gpu::new_blocking(&GpuOptions::default()).unwrap());
-    let mut g = GpuEngine::new(
-        own,
-        &spec,
-        &w,
-        s.clone(),
-        AdamW::default(),
-        GpuTrainOptions::default(),
-    )
-    .unwrap();
-    block_on(g.set_params(&random_lora(&s, 1))).unwrap();
-    let b = batch(spec.vocab_size, 1, 8, 1);
-    block_on(g.forward_backward(&mb(&b, 1, 8), 0.1)).unwrap();
-    // A batch whose activations exceed one storage binding names the cure.
-    let err = g.plan(1 << 16, 512).unwrap_err().to_string();
-    assert!(err.contains("lower per_device_train_batch_size"), "{err}");
-    // Device lost mid-run: an error, not a panic or a hang.
-    g.lose_device_after(0);
-    let err = block_on(g.forward_backward(&mb(&b, 1, 8), 0.1))
+gpu_test!(
+    async fn faults_are_errors_that_say_what_happened() {
+        let spec = tiny_spec(Architecture::Llama, true, 300);
+        let w = tiny_weights(&spec, DType::F32, 1).unwrap();
+        let s = setup(&spec, 2, 0.0);
+        // Its own device: this one gets lost below, and the others share theirs.
+        let own = Arc::new(common::gpu().await);
+        let mut g = GpuEngine::new(
+            own,
+            &spec,
+            &w,
+            s.clone(),
+            AdamW::default(),
+            GpuTrainOptions::default(),
+        )
+        .unwrap();
+        g.set_params(&random_lora(&s, 1)).await.unwrap();
+        let b = batch(spec.vocab_size, 1, 8, 1);
+        g.forward_backward(&mb(&b, 1, 8), 0.1).await.unwrap();
+        // A batch whose activations exceed one storage binding names the cure.
+        let err = g.plan(1 << 16, 512).unwrap_err().to_string();
+        assert!(err.contains("lower per_device_train_batch_size"), "{err}");
+        // Device lost mid-run: an error, not a panic or a hang.
+        g.lose_device_after(0);
+        let err = g
+            .forward_backward(&mb(&b, 1, 8), 0.1)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lost"), "{err}");
+        // Bad batches.
+        let bad = (vec![5000u32; 8], vec![-100i32; 8]);
+        let mut g = engines(&spec, &w, &s, AdamW::default()).await.1;
+        let err = g
+            .forward_backward(&mb(&bad, 1, 8), 0.1)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("outside the vocabulary"), "{err}");
+        // modules_to_save is refused with a pointer to the CPU engine.
+        let mut s2 = s.clone();
+        s2.modules_to_save.push(hone_core::engine::SavedModule {
+            module: "lm_head".into(),
+            weight_name: "lm_head.weight".into(),
+            shape: vec![spec.vocab_size, spec.hidden_size],
+        });
+        let err = GpuEngine::new(
+            gpu().await,
+            &spec,
+            &w,
+            s2,
+            AdamW::default(),
+            GpuTrainOptions::default(),
+        )
         .unwrap_err()
         .to_string();
-    assert!(err.contains("lost"), "{err}");
-    // Bad batches.
-    let bad = (vec![5000u32; 8], vec![-100i32; 8]);
-    let mut g = engines(&spec, &w, &s, AdamW::default()).1;
-    let err = block_on(g.forward_backward(&mb(&bad, 1, 8), 0.1))
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("outside the vocabulary"), "{err}");
-    // modules_to_save is refused with a pointer to the CPU engine.
-    let mut s2 = s.clone();
-    s2.modules_to_save.push(hone_core::engine::SavedModule {
-        module: "lm_head".into(),
-        weight_name: "lm_head.weight".into(),
-        shape: vec![spec.vocab_size, spec.hidden_size],
-    });
-    let err = GpuEngine::new(
-        gpu(),
-        &spec,
-        &w,
-        s2,
-        AdamW::default(),
-        GpuTrainOptions::default(),
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(err.contains("--device cpu"), "{err}");
-}
+        assert!(err.contains("--device cpu"), "{err}");
+    }
+);
 
 /// `--fp16` (f16 products, f32 sums, master weights and statistics; loss scaled as GradScaler
 /// does) against the f32 GPU engine and the CPU engine on the same tiny model: one step's loss
@@ -379,15 +439,16 @@ fn faults_are_errors_that_say_what_happened() {
 /// rounds each operand to 2^-11 relative, so a loss within 2e-3 and gradients within 2e-2 of
 /// max |gradient| at step 0, losses within 3e-2 along the curve (f32 agrees to 2e-5 / 2e-4 /
 /// 1e-3; a wrong kernel is off by order 1).
+#[cfg(not(target_arch = "wasm32"))]
 #[test]
 fn fp16_training_follows_f32_within_f16_rounding() {
     let (spec, w, s, hp) = curve_case();
-    let (mut c, mut g) = engines(&spec, &w, &s, hp);
+    let (mut c, mut g) = block_on(engines(&spec, &w, &s, hp));
     let fp16 = GpuTrainOptions {
         fp16: true,
         ..Default::default()
     };
-    let mut h = GpuEngine::new(gpu(), &spec, &w, s.clone(), hp, fp16).unwrap();
+    let mut h = GpuEngine::new(block_on(gpu()), &spec, &w, s.clone(), hp, fp16).unwrap();
     assert!(h.fp16() && !g.fp16());
     assert_eq!((h.loss_scale(), g.loss_scale()), (65536.0, 1.0));
     // GradScaler's 2^16 overflows this model's f16 LoRA products (it would skip the first
@@ -497,12 +558,14 @@ fn fp16_training_follows_f32_within_f16_rounding() {
     );
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// The engine calls the fp16 test drives on all three engines in turn.
 trait Engine1 {
     fn seed(&mut self, s: u64);
     fn fb(&mut self, b: &MicroBatch<'_>, scale: f32) -> f64;
     fn opt(&mut self, lr: f32, clip: Option<f32>) -> f32;
 }
+#[cfg(not(target_arch = "wasm32"))]
 impl<E: Engine> Engine1 for E {
     fn seed(&mut self, s: u64) {
         self.set_dropout_seed(s);

@@ -50,10 +50,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let qd = p.nh * HD;
     let kvd = p.nkv * HD;
     let j0 = kb * (WG * QR);
-    var kv: array<vec4<f32>, NC * QR>;
-    var vv: array<vec4<f32>, NC * QR>;
-    var ak: array<vec4<f32>, NC * QR>;
-    var av: array<vec4<f32>, NC * QR>;
+    var kv = array<vec4<f32>, NC * QR>();
+    var vv = array<vec4<f32>, NC * QR>();
+    var ak = array<vec4<f32>, NC * QR>();
+    var av = array<vec4<f32>, NC * QR>();
     for (var r = 0u; r < QR; r++) {
         let jl = min(j0 + r * WG + lid.x, p.seq - 1u);
         let ko = (b * p.seq + jl) * kvd + kvh * HD;
@@ -68,10 +68,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         let qbase = b * p.seq * qd + h * HD;
         for (var i = j0; i < p.seq; i++) {
             let qo = qbase + i * qd;
-            var s4: array<vec4<f32>, QR>;
-            var t4: array<vec4<f32>, QR>;
-            var qr: array<vec4<f32>, NC>;       // Q_i and dO_i, loaded once
-            var dr: array<vec4<f32>, NC>;
+            var s4 = array<vec4<f32>, QR>();
+            var t4 = array<vec4<f32>, QR>();
+            var qr = array<vec4<f32>, NC>();       // Q_i and dO_i, loaded once
+            var dr = array<vec4<f32>, NC>();
             for (var c = 0u; c < NC; c++) {
                 let qc = ld_q(qo, c);
                 let dc = ld_do(qo, c);
@@ -84,8 +84,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             }
             let li = lse[lb + i];
             let di = dsum[lb + i];
-            var pj: array<f32, QR>;
-            var ds: array<f32, QR>;
+            var pj = array<f32, QR>();
+            var ds = array<f32, QR>();
             for (var r = 0u; r < QR; r++) {
                 let sc = (s4[r].x + s4[r].y) + (s4[r].z + s4[r].w);
                 let dp = (t4[r].x + t4[r].y) + (t4[r].z + t4[r].w);

@@ -57,11 +57,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let kvd = p.nkv * HD;
     let i0 = qb * (WG * QR);
     let n_keys = min(i0 + WG * QR, p.seq);
-    var qv: array<vec4<f32>, NC * QR>;
-    var dov: array<vec4<f32>, NC * QR>;
-    var acc: array<vec4<f32>, NC * QR>;
-    var dd: array<f32, QR>;
-    var li: array<f32, QR>;
+    var qv = array<vec4<f32>, NC * QR>();
+    var dov = array<vec4<f32>, NC * QR>();
+    var acc = array<vec4<f32>, NC * QR>();
+    var dd = array<f32, QR>();
+    var li = array<f32, QR>();
     for (var r = 0u; r < QR; r++) {
         let il = min(i0 + r * WG + lid.x, p.seq - 1u);
         let qo = (b * p.seq + il) * qd + h * HD;
@@ -78,9 +78,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let kbase = b * p.seq * kvd + kvh * HD;
     for (var j = 0u; j < n_keys; j++) {
         let ko = kbase + j * kvd;
-        var s4: array<vec4<f32>, QR>;
-        var t4: array<vec4<f32>, QR>;
-        var kr: array<vec4<f32>, NC>;           // K_j, loaded once
+        var s4 = array<vec4<f32>, QR>();
+        var t4 = array<vec4<f32>, QR>();
+        var kr = array<vec4<f32>, NC>();           // K_j, loaded once
         for (var c = 0u; c < NC; c++) {
             let kc = ld_k(ko, c);
             kr[c] = kc;
@@ -90,7 +90,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
                 t4[r] += dov[r * NC + c] * vc;
             }
         }
-        var ds: array<f32, QR>;
+        var ds = array<f32, QR>();
         for (var r = 0u; r < QR; r++) {
             let sc = (s4[r].x + s4[r].y) + (s4[r].z + s4[r].w);
             let dp = (t4[r].x + t4[r].y) + (t4[r].z + t4[r].w);

@@ -31,12 +31,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let qd = p.nh * HD;
     let kvd = p.nkv * HD;
     let qo = i * qd + h * HD;
-    var qv: array<f32, HD>;
+    var qv = array<f32, HD>();
     for (var d = 0u; d < HD; d++) { qv[d] = q[qo + d] * p.scale; }
     let n_keys = p.pos0 + i + 1u;
     var m = NEG;
     var l = 0.0;
-    var acc: array<f32, HD>;
+    var acc = array<f32, HD>();
     for (var j = lid.x; j < n_keys; j += DW) {
         let ko = j * kvd + kvh * HD;
         var s0 = 0.0; var s1 = 0.0; var s2 = 0.0; var s3 = 0.0;

@@ -52,10 +52,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let kvd = p.nkv * HD;
     let i0 = qb * (WG * QR);
     let n_keys = min(i0 + WG * QR, p.seq);    // keys any query of this workgroup sees
-    var qv: array<vec4<f32>, NC * QR>;
-    var acc: array<vec4<f32>, NC * QR>;
-    var m: array<f32, QR>;
-    var l: array<f32, QR>;
+    var qv = array<vec4<f32>, NC * QR>();
+    var acc = array<vec4<f32>, NC * QR>();
+    var m = array<f32, QR>();
+    var l = array<f32, QR>();
     for (var r = 0u; r < QR; r++) {
         let il = min(i0 + r * WG + lid.x, p.seq - 1u);
         let qo = (b * p.seq + il) * qd + h * HD;
@@ -64,14 +64,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     }
     let kbase = b * p.seq * kvd + kvh * HD;
     for (var j0 = 0u; j0 < n_keys; j0 += KB) {
-        var s: array<f32, KB * QR>;
-        var mb: array<f32, QR>;
+        var s = array<f32, KB * QR>();
+        var mb = array<f32, QR>();
         for (var r = 0u; r < QR; r++) { mb[r] = m[r]; }
         for (var t = 0u; t < KB; t++) {
             let j = j0 + t;
             if (j < n_keys) {
                 let ko = kbase + j * kvd;
-                var s4: array<vec4<f32>, QR>;
+                var s4 = array<vec4<f32>, QR>();
                 for (var c = 0u; c < NC; c++) {
                     let kc = ld_k(ko, c);
                     for (var r = 0u; r < QR; r++) { s4[r] += qv[r * NC + c] * kc; }
@@ -86,7 +86,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
                 for (var r = 0u; r < QR; r++) { s[t * QR + r] = NEG; }
             }
         }
-        var corr: array<f32, QR>;
+        var corr = array<f32, QR>();
         for (var r = 0u; r < QR; r++) {
             corr[r] = exp_neg(m[r] - mb[r]);
             l[r] *= corr[r];
@@ -98,7 +98,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         for (var t = 0u; t < KB; t++) {
             let j = j0 + t;
             if (j < n_keys) {
-                var pj: array<f32, QR>;
+                var pj = array<f32, QR>();
                 for (var r = 0u; r < QR; r++) {
                     pj[r] = exp_neg(s[t * QR + r] - m[r]);
                     l[r] += pj[r];
