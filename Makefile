@@ -12,7 +12,7 @@ export RAYON_NUM_THREADS ?= 2
 HONE := $(CARGO_TARGET_DIR)/release/hone
 PYTHON ?= python3
 
-.PHONY: all setup vulkan models pyenv ort-lib peft-venv build test test-rust test-wasm demo bench fmt lint clean wasm serve chromium test-browser test-browser-gpu-parity
+.PHONY: all setup vulkan models pyenv ort-lib peft-venv build test test-rust test-wasm demo bench fmt lint clean wasm serve chromium test-browser test-wasm-browser
 
 all: build
 
@@ -69,15 +69,23 @@ test: setup models pyenv ort-lib lint test-rust test-wasm test-browser
 test-rust:
 	cargo test --workspace --release
 
-# hone-core, hone-cpu and hone-gpu (WebGPU through wgpu) must build for the browser.
-test-wasm: setup
-	cargo build --release --target wasm32-unknown-unknown -p hone-core -p hone-cpu -p hone-gpu
+TOOLS := $(HONE_CACHE)/tools
+WASM_BINDGEN := $(TOOLS)/bin/wasm-bindgen
+
+# wasm-bindgen tests: hone-gpu's kernel and engine tests (the same ones that run natively on
+# lavapipe, each against hone-cpu) in headless Chromium's WebGPU (SwiftShader), through
+# wasm-bindgen-test-runner + chromedriver (crates/hone-gpu/webdriver.json, and
+# tests/browser/chromium.sh, which gives Chromium the new headless mode that has WebGPU); and
+# hone-wasm's tests (the facade and the CPU engine in wasm) in Node.
+WASM_TEST_ENV := CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(TOOLS)/bin/wasm-bindgen-test-runner \
+	CHROMEDRIVER=/usr/bin/chromedriver WASM_BINDGEN_TEST_TIMEOUT=1800
+test-wasm: setup $(WASM_BINDGEN) chromium
+	$(WASM_TEST_ENV) cargo test --release --target wasm32-unknown-unknown -p hone-wasm
+	$(WASM_TEST_ENV) cargo test --release --target wasm32-unknown-unknown -p hone-gpu
 
 # The browser package: crates/hone-wasm built for wasm32 and bound with wasm-bindgen into
 # pkg/wasm/ (gitignored), next to the hand-written JS shell in pkg/src/. wasm-opt is not used
 # (Debian's binaryen breaks the output; see ENVIRONMENT.md).
-TOOLS := $(HONE_CACHE)/tools
-WASM_BINDGEN := $(TOOLS)/bin/wasm-bindgen
 $(WASM_BINDGEN):
 	cargo install --quiet --root $(TOOLS) wasm-bindgen-cli --version 0.2.130
 wasm: setup $(WASM_BINDGEN)
@@ -108,11 +116,6 @@ $(TINY_GGUF):
 # compare the adapter with native hone's, reload and resume, bad input (tests/browser/e2e.mjs).
 test-browser: wasm build chromium tests/browser/node_modules/.package-lock.json $(TINY_GGUF)
 	HONE_BIN=$(HONE) HONE_TINY_GGUF=$(TINY_GGUF) node tests/browser/e2e.mjs
-# The same, also requiring the WebGPU run to follow native hone's numbers. Not in `make test`:
-# it fails today (the GPU engine's loss on Chromium's SwiftShader differs from the CPU's and
-# lavapipe's from the first step; see BENCHMARKS.md).
-test-browser-gpu-parity: wasm build chromium tests/browser/node_modules/.package-lock.json $(TINY_GGUF)
-	HONE_BIN=$(HONE) HONE_TINY_GGUF=$(TINY_GGUF) node tests/browser/e2e.mjs --gpu-parity
 
 # Fine-tune SmolLM2-135M-Instruct on the polarity sentences (examples/polarity.yaml) and show
 # held-out accuracy and generations before and after (scripts/demo.sh).

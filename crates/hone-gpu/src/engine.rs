@@ -1387,7 +1387,6 @@ fn plan_acts(
     seq: usize,
 ) -> Result<Acts> {
     let s = &base.spec;
-    let n = batch * seq;
     let (h, qd, kvd, f, nh) = (
         s.hidden_size,
         s.q_dim(),
@@ -1396,6 +1395,25 @@ fn plan_acts(
         s.num_attention_heads,
     );
     let r = lora.rank;
+    // The widest per-token buffer, checked in u64 before any usize product below (usize is
+    // 32 bits in the browser: a product there would wrap, not fail).
+    let widest = [h, qd, kvd, f, nh, r, s.head_dim]
+        .into_iter()
+        .max()
+        .unwrap_or(1) as u64;
+    let wide_bytes = (batch as u64)
+        .saturating_mul(seq as u64)
+        .saturating_mul(widest)
+        .saturating_mul(4);
+    if wide_bytes > gpu.max_binding() {
+        return Err(Error::Gpu(format!(
+            "{batch} x {seq} tokens of {widest} values need a {:.1} MiB buffer, beyond this \
+             adapter's largest storage binding ({:.1} MiB)",
+            wide_bytes as f64 / 1048576.0,
+            gpu.max_binding() as f64 / 1048576.0
+        )));
+    }
+    let n = batch * seq;
     let mut bytes = 0u64;
     let mut z = |name: &str, len: usize| -> Result<GBuf> {
         let b = gpu.zeros(name, len.max(1))?;
