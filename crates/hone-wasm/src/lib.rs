@@ -210,7 +210,10 @@ impl WasmModel {
         if let Some(e) = callback_error {
             return Err(js_err(format!(
                 "the generate callback threw: {}",
-                e.as_string().unwrap_or_else(|| format!("{e:?}"))
+                e.dyn_ref::<js_sys::Error>()
+                    .map(|e| String::from(e.message()))
+                    .or_else(|| e.as_string())
+                    .unwrap_or_else(|| format!("{e:?}"))
             )));
         }
         Ok(out.text)
