@@ -83,14 +83,18 @@ test-wasm: setup $(WASM_BINDGEN) chromium
 	$(WASM_TEST_ENV) cargo test --release --target wasm32-unknown-unknown -p hone-wasm
 	$(WASM_TEST_ENV) cargo test --release --target wasm32-unknown-unknown -p hone-gpu
 
-# The browser package: crates/hone-wasm built for wasm32 and bound with wasm-bindgen into
-# pkg/wasm/ (gitignored), next to the hand-written JS shell in pkg/src/. wasm-opt is not used
-# (Debian's binaryen breaks the output; see ENVIRONMENT.md).
+# The browser package: wasm-pack builds crates/hone-wasm (profile wasm-release) and binds it with
+# the wasm-bindgen CLI of the same version (found on PATH, so nothing is downloaded) into
+# pkg/wasm/ (gitignored), next to the hand-written JS shell and package.json in pkg/ (hence
+# --no-pack). wasm-opt is not used (Debian's binaryen breaks the output; see ENVIRONMENT.md).
+WASM_PACK := $(TOOLS)/bin/wasm-pack
 $(WASM_BINDGEN):
 	cargo install --quiet --root $(TOOLS) wasm-bindgen-cli --version 0.2.130
-wasm: setup $(WASM_BINDGEN)
-	cargo build -p hone-wasm --target wasm32-unknown-unknown --profile wasm-release
-	$(WASM_BINDGEN) --target web --out-dir pkg/wasm $(CARGO_TARGET_DIR)/wasm32-unknown-unknown/wasm-release/hone_wasm.wasm
+$(WASM_PACK):
+	cargo install --locked --quiet --root $(TOOLS) wasm-pack --version 0.15.1
+wasm: setup $(WASM_BINDGEN) $(WASM_PACK)
+	PATH="$(TOOLS)/bin:$$PATH" $(WASM_PACK) --quiet build crates/hone-wasm --target web \
+		--out-dir ../../pkg/wasm --no-pack --no-opt --profile wasm-release
 
 # The demo page on http://127.0.0.1:$(PORT)/www/ (www/serve.mjs prints the URL).
 PORT ?= 8000
