@@ -280,22 +280,37 @@ pub struct WasmRun {
 async fn open_gpu(device: &str) -> Result<(Option<Gpu>, Option<String>), JsError> {
     match device {
         "cpu" => Ok((None, Some("the CPU engine was asked for".into()))),
-        "gpu" | "auto" => {
-            match Gpu::new(&GpuOptions {
-                adapter: AdapterChoice::Any,
-                ..Default::default()
-            })
-            .await
-            {
-                Ok(g) => Ok((Some(g), None)),
-                Err(e) if device == "auto" => Ok((None, Some(format!("no WebGPU: {e}")))),
-                Err(e) => Err(js_err(format!("device gpu: {e} (use device cpu)"))),
-            }
-        }
+        "gpu" | "auto" => match new_gpu().await {
+            Ok(g) => Ok((Some(g), None)),
+            Err(e) if device == "auto" => Ok((None, Some(format!("no WebGPU: {e}")))),
+            Err(e) => Err(js_err(format!("device gpu: {e} (use device cpu)"))),
+        },
         other => Err(js_err(format!(
             "invalid device '{other}': use cpu, gpu or auto"
         ))),
     }
+}
+
+/// Any WebGPU adapter. wgpu reaches WebGPU through a page's or a worker's `navigator` and
+/// panics where the JS global is neither (Node, for one): that is an error saying so instead.
+async fn new_gpu() -> hone_core::Result<Gpu> {
+    #[cfg(target_arch = "wasm32")]
+    {
+        let global = js_sys::global();
+        let page_or_worker = ["Window", "WorkerGlobalScope"].iter().any(|k| {
+            js_sys::Reflect::get(&global, &JsValue::from_str(k)).is_ok_and(|v| !v.is_undefined())
+        });
+        if !page_or_worker {
+            return Err(hone_core::Error::Invalid(
+                "WebGPU is only reachable from a page or a Web Worker, and this JavaScript environment is neither".into(),
+            ));
+        }
+    }
+    Gpu::new(&GpuOptions {
+        adapter: AdapterChoice::Any,
+        ..Default::default()
+    })
+    .await
 }
 
 /// What a trainer starts from, whichever engine it drives.

@@ -388,6 +388,11 @@ async fn browser_run_on_cpu_equals_the_trainer_and_resumes_exactly() {
     let config: Value = serde_json::from_slice(&ok(adapter.config_json(), "configJson")).unwrap();
     assert_eq!(config["base_model_name_or_path"], MODEL_NAME);
     assert_eq!(config["r"], 4);
+    let again = ok(
+        WasmAdapter::from_peft(&ok(adapter.config_json(), "configJson"), wasm_bytes.clone()),
+        "fromPeft of the run's adapter",
+    );
+    assert!(ok(again.safetensors(), "safetensors") == wasm_bytes);
 
     // The same run through hone-core's Trainer and hone-cpu's engine directly.
     let core_model =
@@ -534,6 +539,18 @@ async fn bad_input_gets_errors_that_name_it() {
     assert_names(
         &err(start_run(plan, "tpu".into()).await, "unknown device"),
         &["tpu"],
+    );
+
+    // Node has no WebGPU: "auto" falls back to the CPU engine and says why, "gpu" is an error.
+    let plan = ok(RunPlan::new(&model, &dataset, &one_step, None), "plan");
+    let auto = ok(start_run(plan, "auto".into()).await, "auto device");
+    assert!(auto.device().starts_with("cpu"), "{}", auto.device());
+    let reason = auto.fallback_reason().expect("a fallback reason");
+    assert_names(&reason, &["WebGPU"]);
+    let plan = ok(RunPlan::new(&model, &dataset, &one_step, None), "plan");
+    assert_names(
+        &err(start_run(plan, "gpu".into()).await, "gpu device"),
+        &["device gpu", "use device cpu"],
     );
 
     // An adapter made for another model shape: the tensor that does not fit is named.
