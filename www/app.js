@@ -20,6 +20,8 @@ const state = (window.honeState = {
   running: false,
   done: false,
   checkpoints: [],
+  /** The checkpoint the page offers to resume from: {step, bytes}. */
+  savedCheckpoint: null,
   warnings: [],
   error: null,
 });
@@ -34,6 +36,16 @@ function showError(msg) {
   el.textContent = msg;
   el.hidden = !msg;
   if (msg) el.focus?.();
+}
+
+/** A problem the run goes on through (a checkpoint not saved, the model not cached): the
+ * latest is shown, with how many came before it. */
+function warn(msg) {
+  if (msg) state.warnings.push(msg);
+  const el = $("warning");
+  const earlier = state.warnings.length - 1;
+  el.textContent = msg ? `${msg}${earlier > 0 ? `\n(${earlier} earlier warning${earlier > 1 ? "s" : ""} of this run)` : ""}` : "";
+  el.hidden = !msg;
 }
 
 function notice(msg) {
@@ -115,6 +127,7 @@ async function loadModel(source, name) {
     const info = await hone.loadModel(source, {
       name,
       onProgress: (p) => {
+        if (p.warning) warn(p.warning);
         prog.hidden = false;
         prog.max = p.total ?? 1;
         prog.value = p.total ? p.loaded : 0;
@@ -231,10 +244,10 @@ function onProgress(ev, d) {
   } else if (ev === "checkpoint") {
     state.checkpoints.push(d.step);
   } else if (ev === "paused") {
-    notice(`Paused at step ${d.step} (checkpoint saved).`);
+    state.pausedAt = d.step;
+    notice(`Paused at step ${d.step} (${d.saved ? "checkpoint saved" : "no checkpoint saved: see the warning"}).`);
   } else if (ev === "warning") {
-    state.warnings.push(d.message);
-    showError(d.message);
+    warn(d.message);
   }
 }
 
@@ -254,7 +267,10 @@ async function train(resume, saved = null) {
   const device = saved?.device ?? $("device").value;
   state.running = true;
   state.paused = false;
+  state.pausedAt = null;
   state.done = false;
+  state.warnings = [];
+  warn("");
   if (!resume) {
     state.losses = [];
     state.evals = [];
@@ -265,6 +281,7 @@ async function train(resume, saved = null) {
   try {
     saveSession(opts, device);
     handle = await hone.finetune(opts, { device, resume, onProgress });
+    if (state.paused) handle.pause(); // Pause was pressed while the run was starting
     const end = await handle.done;
     state.trained = true;
     if (end.stopped === "done") {
@@ -279,9 +296,12 @@ async function train(resume, saved = null) {
   } catch (e) {
     const msg = e?.message ?? String(e);
     const saved = await hone.hasCheckpoint().catch(() => null);
-    if (saved) {
+    if (saved?.step != null) {
+      state.savedCheckpoint = saved;
       $("resume-run").hidden = false;
-      throw new Error(`${msg}\nThe last checkpoint is saved in this browser: press "Resume the interrupted run" to continue.`);
+      throw new Error(
+        `${msg}\nPress "Resume the interrupted run" to continue from the checkpoint at step ${saved.step} (on the device chosen above: WebGPU again, or CPU (wasm) if the GPU keeps failing).`,
+      );
     }
     throw e;
   } finally {
@@ -302,8 +322,8 @@ async function resumeInterrupted() {
     if (!s.dataset) throw new Error("the run's dataset was not kept: load it again, then press Resume");
     await loadDataset(new Blob([s.dataset.text]), s.dataset.name);
   }
-  $("device").value = s.device;
-  await train(true, s);
+  // The device chosen now (set to the run's at page load): after a lost GPU, CPU is an option.
+  await train(true, { ...s, device: $("device").value });
 }
 
 async function generateBoth() {
@@ -380,9 +400,18 @@ wire();
 guarded(async () => {
   hone = await Hone.create();
   if (!hone.info.webgpu) $("device-used").textContent = "CPU (this browser has no WebGPU)";
-  if (localStorage.getItem(SESSION_KEY) && (await hone.hasCheckpoint())) {
+  const session = JSON.parse(localStorage.getItem(SESSION_KEY) ?? "null");
+  const saved = session ? await hone.hasCheckpoint() : null;
+  if (saved?.unreadable) {
+    // Never offer a resume that would fail: say so, and clear the damaged checkpoint.
+    await hone.deleteCheckpoint();
+    localStorage.removeItem(SESSION_KEY);
+    warn(`The interrupted run's checkpoint in this browser is unreadable (${saved.unreadable}), so it cannot be resumed and was deleted: start a new run.`);
+  } else if (saved) {
+    state.savedCheckpoint = saved;
+    if (session.device) $("device").value = session.device;
     $("resume-run").hidden = false;
-    notice("An interrupted run has a checkpoint in this browser: press \"Resume the interrupted run\".");
+    notice(`An interrupted run has a checkpoint at step ${saved.step} in this browser: press "Resume the interrupted run".`);
   }
   state.ready = true;
 });

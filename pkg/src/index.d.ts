@@ -72,8 +72,9 @@ export type ProgressEvent =
   | ["step", StepProgress]
   | ["eval", EvalProgress]
   | ["checkpoint", { step: number; bytes: number }]
-  | ["paused", { step: number }]
-  | ["warning", { message: string }]
+  | ["paused", { step: number; saved: boolean }]
+  /** A checkpoint that was not saved (e.g. out of storage quota): the run goes on. */
+  | ["warning", { message: string; step?: number }]
   | ["early_stop", { step: number; best_step: number }];
 
 export interface FinetuneHandle {
@@ -109,7 +110,10 @@ export declare class Hone {
     opts?: { format?: "jsonl" | "json" | "csv" | "tsv" | "text"; name?: string },
   ): Promise<{ rows: number; name: string }>;
   preview(options: FinetuneOptions, n?: number): Promise<PreviewRow[]>;
-  hasCheckpoint(runId?: string): Promise<{ bytes: number } | null>;
+  /** The run's checkpoint in OPFS, checked in full: its step, or why it is unreadable. */
+  hasCheckpoint(
+    runId?: string,
+  ): Promise<{ step: number; bytes: number } | { unreadable: string } | null>;
   deleteCheckpoint(runId?: string): Promise<boolean>;
   finetune(
     options: FinetuneOptions,

@@ -123,7 +123,8 @@ export class Hone {
     return this.#call("preview", { config: options, n });
   }
 
-  /** Whether a checkpoint of `runId` is in this browser's storage (OPFS). */
+  /** The checkpoint of `runId` in this browser's storage (OPFS), checked in full: {step, bytes},
+   * {unreadable: reason} when it is damaged, or null. */
   hasCheckpoint(runId = "default") {
     return this.#call("hasCheckpoint", { runId });
   }

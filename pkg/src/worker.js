@@ -9,6 +9,7 @@ import init, {
   WasmAdapter,
   RunPlan,
   startRun,
+  checkpointInfo,
   lastPanic,
   defaultConfig,
 } from "../wasm/hone_wasm.js";
@@ -23,6 +24,8 @@ let model = null;
 let modelName = null;
 let dataset = null;
 let run = null;
+/** The step of the checkpoint the run was resumed from (it is in OPFS), or null. */
+let resumedFrom = null;
 let control = { paused: false, cancelled: false, wake: null };
 
 /** hone's message for an error thrown by wasm (a panic's message when it was one). */
@@ -99,17 +102,53 @@ function ckptName(runId) {
   return `${runId.replace(/[^A-Za-z0-9_-]/g, "_")}.ckpt`;
 }
 
-/** Write a checkpoint atomically (createWritable swaps the file in on close). */
+/**
+ * Write a checkpoint atomically: createWritable writes a swap file and moves it over the
+ * checkpoint only on close, so a failed write (out of quota) leaves the previous checkpoint as
+ * it was; when there was none, the empty file `getFileHandle` made is removed again, so no
+ * half-made checkpoint is ever where a resume reads (and reads check the bytes in full anyway).
+ */
 async function saveCheckpoint(runId, bytes) {
   const dir = await opfsDir(true);
-  const fh = await dir.getFileHandle(ckptName(runId), { create: true });
-  const w = await fh.createWritable();
+  const name = ckptName(runId);
+  const existed = await dir.getFileHandle(name).then(
+    () => true,
+    () => false,
+  );
+  let w = null;
   try {
+    const fh = await dir.getFileHandle(name, { create: true });
+    w = await fh.createWritable();
     await w.write(bytes);
     await w.close();
   } catch (e) {
-    await w.abort().catch(() => {});
+    await w?.abort().catch(() => {});
+    if (!existed) await dir.removeEntry(name).catch(() => {});
     throw e;
+  }
+}
+
+/** Why a checkpoint write failed, what it means for the run and what to do. */
+function checkpointWarning(step, e, paused) {
+  const what = `the checkpoint at step ${step} was not saved`;
+  if (e && e.name === "QuotaExceededError") {
+    return (
+      `Out of storage quota: ${what} (this site's storage in the browser, OPFS, is full). ` +
+      `${paused ? "The run is paused and its state is kept in memory: press Resume to go on" : "Training goes on"}, ` +
+      `but a reload cannot resume from step ${step}. Free space (clear other sites' data, or this site's cached models) for the next checkpoints.`
+    );
+  }
+  return `${what}: ${message(e)}. Training ${paused ? "is paused and can go on" : "goes on"}, but a reload cannot resume from step ${step}.`;
+}
+
+/** The checkpoint of `runId` when it is whole: {step, bytes}, {unreadable: reason}, or null. */
+async function checkedCheckpoint(runId) {
+  const b = await loadCheckpoint(runId);
+  if (!b) return null;
+  try {
+    return { ...JSON.parse(checkpointInfo(b)), bytes: b.length };
+  } catch (e) {
+    return { unreadable: message(e) };
   }
 }
 
@@ -167,9 +206,9 @@ const ops = {
     return JSON.parse(dataset.preview(model, JSON.stringify(config), n ?? 3));
   },
 
+  /** {step, bytes} of a whole checkpoint, {unreadable: reason} of a damaged one, or null. */
   async hasCheckpoint({ runId }) {
-    const b = await loadCheckpoint(runId);
-    return b ? { bytes: b.length } : null;
+    return checkedCheckpoint(runId);
   },
 
   async deleteCheckpoint({ runId }) {
@@ -187,6 +226,7 @@ const ops = {
     const summary = plan.summary;
     const resolved = JSON.parse(plan.config);
     run = await startRun(plan, device ?? "auto");
+    resumedFrom = ckpt ? Number(run.step) : null;
     control = { paused: false, cancelled: false, wake: null };
     return {
       device: run.device,
@@ -204,20 +244,40 @@ const ops = {
     if (!run) throw new Error("no run: call start first");
     let tokens = 0;
     let steps = 0;
+    let saved = resumedFrom; // the step of the last checkpoint in OPFS
     const t0 = performance.now();
     while (!run.done) {
       if (control.cancelled) return { stopped: "cancelled", step: Number(run.step) };
       if (control.paused) {
-        await saveCheckpoint(runId, await run.checkpoint()).catch((e) =>
-          emit("warning", { message: `checkpoint not saved: ${message(e)}` }),
+        const step = Number(run.step);
+        const ok = await saveCheckpoint(runId, await run.checkpoint()).then(
+          () => true,
+          (e) => {
+            emit("warning", { message: checkpointWarning(step, e, true), step });
+            return false;
+          },
         );
-        emit("paused", { step: Number(run.step) });
+        if (ok) saved = step;
+        emit("paused", { step, saved: ok });
         await new Promise((r) => (control.wake = r));
         control.wake = null;
         continue;
       }
       const ts = performance.now();
-      const out = JSON.parse(await run.trainStep());
+      let out;
+      try {
+        out = JSON.parse(await run.trainStep());
+      } catch (e) {
+        const msg = message(e);
+        if (!/device was lost/i.test(msg)) throw e;
+        const at = Number(run.step) + 1;
+        throw new Error(
+          `WebGPU stopped at step ${at}: ${msg}. ` +
+            (saved != null
+              ? `The checkpoint at step ${saved} is kept in this browser's storage (OPFS).`
+              : "No checkpoint of this run was saved (save_steps): start again."),
+        );
+      }
       const dt = (performance.now() - ts) / 1000;
       for (const ev of out.events) {
         if (ev.event === "step") {
@@ -240,9 +300,10 @@ const ops = {
         const bytes = run.takeCheckpoint();
         try {
           await saveCheckpoint(runId, bytes);
+          saved = out.step;
           emit("checkpoint", { step: out.step, bytes: bytes.length });
         } catch (e) {
-          emit("warning", { message: `checkpoint at step ${out.step} not saved: ${message(e)}` });
+          emit("warning", { message: checkpointWarning(out.step, e, false), step: out.step });
         }
       }
       // Let pause / cancel messages in (the CPU engine's steps never yield on their own).

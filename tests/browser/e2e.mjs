@@ -4,7 +4,11 @@
 // `hone finetune`'s (same seed, data, options) within tolerance; a reload mid-run resumes from
 // the OPFS checkpoint to the same adapter; with WebGPU disabled the CPU engine takes over (with
 // the reason shown) and gives the same adapter; no network request leaves during training;
-// bad input (a row missing a field, an unreadable model file) shows a specific message.
+// bad input (a row missing a field, an unreadable model file) shows a specific message; a WebGPU
+// device lost mid-run (a test-only hook) shows a specific message, keeps the OPFS checkpoint and
+// the resumed run ends with the uninterrupted run's adapter; out of storage quota (DevTools'
+// Storage.overrideQuotaForOrigin) shows a specific warning, the run goes on, and no half-written
+// checkpoint is left for a reload to offer.
 // Env: HONE_BIN (native hone), HONE_TINY_GGUF (tiny model), CHROMIUM (default /usr/bin/chromium).
 
 import { chromium } from "playwright-core";
@@ -132,8 +136,29 @@ async function fillRun(page, { modelUrl, dataPath }) {
     else if (k === "completion_only") await page.setChecked("#completion-only", v);
     else await page.fill(`#${k}`, String(v));
   }
+  await setExtra(page, EXTRA);
+}
+
+/** The "More options" JSON. */
+async function setExtra(page, extra) {
   await page.evaluate(() => (document.querySelector("details").open = true));
-  await page.fill("#extra-options", JSON.stringify(EXTRA));
+  await page.fill("#extra-options", JSON.stringify(extra));
+}
+
+/** The files in the page's OPFS folder of checkpoints: [[name, bytes, first 8 bytes]]. */
+function opfsFiles(page) {
+  return page.evaluate(async () => {
+    const root = await navigator.storage.getDirectory();
+    const dir = await root.getDirectoryHandle("hone").catch(() => null);
+    const out = [];
+    if (!dir) return out;
+    for await (const [name, h] of dir.entries()) {
+      const f = h.kind === "file" ? await h.getFile() : null;
+      const head = f ? new TextDecoder().decode(await f.slice(0, 8).arrayBuffer()) : "";
+      out.push([name, f ? f.size : -1, head]);
+    }
+    return out;
+  });
 }
 
 async function downloadAdapter(page, name) {
@@ -241,6 +266,53 @@ async function main() {
     const cr = compareAdapters(resumed.tensors, gpu.tensors);
     console.log(`resumed vs uninterrupted (WebGPU): max relative difference ${cr.worst.toExponential(2)}`);
     check(cr.worst < 1e-4, "the resumed run ends with the uninterrupted run's adapter");
+    // The WebGPU device is lost mid-run (test-only hook, after step 2 of a run that saves a
+    // checkpoint every step): a specific message, the checkpoint survives, and resume finishes
+    // the run on the engine the user picks then: here the CPU (wasm), as after a GPU that is gone
+    // (and fast: only 2 steps run on SwiftShader).
+    const tLost = Date.now();
+    await setExtra(page, { ...EXTRA, save_steps: 1, _lose_device_after_steps: 2 });
+    await page.selectOption("#device", "gpu");
+    await page.click("#start");
+    await page.waitForFunction(() => window.honeState.error || window.honeState.done, null, {
+      timeout: 300_000,
+    });
+    const lostMsg = (await page.textContent("#error")) ?? "";
+    check(
+      (await page.isVisible("#error")) &&
+        /stopped at step 3: .*GPU device was lost/.test(lostMsg) &&
+        /checkpoint at step 2 is kept/.test(lostMsg) &&
+        /Resume the interrupted run.*checkpoint at step 2/.test(lostMsg),
+      `a lost GPU device shows a specific message: ${JSON.stringify(lostMsg)}`,
+    );
+    check(await page.isVisible("#resume-run"), "after the lost device the page offers to resume");
+    const lostFiles = await opfsFiles(page);
+    const lostCkpt = await page.evaluate(() => window.honeState.savedCheckpoint);
+    check(
+      lostFiles.length === 1 && lostFiles[0][2] === "HONECKPT" && lostCkpt?.step === 2 && lostCkpt.bytes === lostFiles[0][1],
+      `the OPFS checkpoint of step 2 is intact: ${JSON.stringify(lostFiles)}, read back whole: ${JSON.stringify(lostCkpt)}`,
+    );
+    await page.selectOption("#device", "cpu");
+    await page.click("#resume-run");
+    await page.waitForFunction(() => window.honeState.done || window.honeState.error, null, {
+      timeout: 300_000,
+    });
+    const l = await page.evaluate(() => window.honeState);
+    const lostSteps = l.losses.map((x) => x[0]).join(",");
+    check(
+      !l.error && /^cpu/.test(l.device ?? "") && lostSteps === "1,2,3,4,5,6",
+      `it resumed at step 3 on ${l.device} and finished (steps ${lostSteps})${l.error ? `; error: ${l.error}` : ""}`,
+    );
+    const afterLost = await downloadAdapter(page, "adapter-device-lost.zip");
+    const cl = compareAdapters(afterLost.tensors, native);
+    const clg = compareAdapters(afterLost.tensors, gpu.tensors);
+    console.log(
+      `2 steps on WebGPU + 4 resumed on the CPU vs native: max relative difference ${cl.worst.toExponential(2)} (vs the uninterrupted WebGPU run: ${clg.worst.toExponential(2)})`,
+    );
+    check(cl.worst < 2e-2, "the run resumed after the lost device ends with native hone's adapter (relative 2e-2, as WebGPU vs native)");
+    const gpuSteps = l.stepTimes.filter((t) => t[0] <= 2).map((t) => t[1].toFixed(1));
+    console.log(`(device-lost check: ${((Date.now() - tLost) / 1000).toFixed(1)} s; its WebGPU steps took ${gpuSteps.join(", ")} s)`);
+
     const outside = requests.filter((u) => !u.startsWith(origin) && !u.startsWith("blob:") && !u.startsWith("data:"));
     check(outside.length === 0, `every request went to the page's own server (${outside.slice(0, 3)})`);
     await ctx.close();
@@ -272,6 +344,68 @@ async function main() {
     const cc = compareAdapters(cpu.tensors, native);
     console.log(`wasm CPU vs native CPU: max relative difference ${cc.worst.toExponential(2)} (${cc.note})`);
     check(cc.worst < 3e-3, "the wasm CPU adapter equals native hone's (relative 3e-3)");
+
+    // Out of storage quota: the origin gets 1 KiB (less than it already uses), so every
+    // checkpoint write fails. The run is paused at once (the pause saves a checkpoint too).
+    const tQuota = Date.now();
+    const cdp = await ctx.newCDPSession(page);
+    await cdp.send("Storage.overrideQuotaForOrigin", { origin, quotaSize: 1024 });
+    await setExtra(page, { ...EXTRA, save_steps: 1 });
+    await page.click("#start");
+    await page.click("#pause");
+    await page.waitForFunction(() => window.honeState.pausedAt != null || window.honeState.error, null, {
+      timeout: 120_000,
+    });
+    const q = await page.evaluate(() => window.honeState);
+    const quotaMsg = (await page.textContent("#warning")) ?? "";
+    check(
+      !q.error &&
+        (await page.isVisible("#warning")) &&
+        /Out of storage quota/.test(quotaMsg) &&
+        new RegExp(`checkpoint at step ${q.pausedAt} was not saved`).test(quotaMsg) &&
+        /press Resume/.test(quotaMsg) &&
+        /Free space/.test(quotaMsg),
+      `out of quota shows a specific warning (paused at step ${q.pausedAt}): ${JSON.stringify(quotaMsg)}`,
+    );
+    check(/no checkpoint saved/.test(await page.textContent("#notice")), "the pause says no checkpoint was saved");
+    const quotaFiles = await opfsFiles(page);
+    check(quotaFiles.length === 0, `no half-written checkpoint is left in OPFS: ${JSON.stringify(quotaFiles)}`);
+    await page.click("#resume");
+    await page.waitForFunction(() => window.honeState.done || window.honeState.error, null, { timeout: 300_000 });
+    const qd = await page.evaluate(() => window.honeState);
+    const qSteps = qd.losses.map((x) => x[0]).join(",");
+    check(!qd.error && qSteps === "1,2,3,4,5,6", `the run goes on after the failed checkpoints and finishes (steps ${qSteps})`);
+    const quotaAdapter = await downloadAdapter(page, "adapter-quota.zip");
+    const cq = compareAdapters(quotaAdapter.tensors, cpu.tensors);
+    check(cq.worst < 1e-6, `no training state was lost: the adapter equals the CPU run's (${cq.worst.toExponential(2)})`);
+    // A reload after a failed checkpoint must not offer a resume that cannot work.
+    await page.click("#start");
+    await page.waitForFunction(() => window.honeState.warnings.length > 0 || window.honeState.error);
+    await page.reload();
+    await page.waitForFunction(() => window.honeState.ready || window.honeState.error, null, { timeout: 120_000 });
+    check(
+      (await page.evaluate(() => !!localStorage.getItem("hone-demo-session"))) &&
+        !(await page.isVisible("#resume-run")) &&
+        !(await page.isVisible("#error")),
+      "after a reload with no checkpoint saved, the page offers no resume",
+    );
+    // A damaged checkpoint (as a cut-off write would leave) is checked on read and not offered.
+    await cdp.send("Storage.overrideQuotaForOrigin", { origin });
+    await page.evaluate(async () => {
+      const dir = await (await navigator.storage.getDirectory()).getDirectoryHandle("hone", { create: true });
+      const w = await (await dir.getFileHandle("default.ckpt", { create: true })).createWritable();
+      await w.write(new TextEncoder().encode("HONECKPT\x01\x00\x00\x00\xff\x00\x00\x00{"));
+      await w.close();
+    });
+    await page.reload();
+    await page.waitForFunction(() => window.honeState.ready || window.honeState.error, null, { timeout: 120_000 });
+    const damaged = (await page.textContent("#warning")) ?? "";
+    check(
+      !(await page.isVisible("#resume-run")) && (await page.isVisible("#warning")) && /unreadable/.test(damaged),
+      `a damaged checkpoint is not offered for resuming: ${JSON.stringify(damaged)}`,
+    );
+    check((await opfsFiles(page)).length === 0, "and it was deleted");
+    console.log(`(out-of-quota check: ${((Date.now() - tQuota) / 1000).toFixed(1)} s)`);
     await ctx.close();
   } finally {
     await cpuBrowser.close();

@@ -22,7 +22,7 @@ use serde_json::{json, Map, Value};
 use wasm_bindgen::prelude::*;
 
 pub use checkpoint::BrowserCheckpoint;
-pub use run::{start_run, RunPlan, WasmRun};
+pub use run::{checkpoint_info, start_run, RunPlan, WasmRun};
 
 /// The message of the last panic, for the worker to report after a trap.
 static LAST_PANIC: Mutex<Option<String>> = Mutex::new(None);

@@ -31,12 +31,24 @@ pub(crate) fn config_for(
     model: &Model,
     dataset: &Dataset,
 ) -> Result<FinetuneConfig, JsError> {
-    layered_config(
-        json_object(config, "finetune options")?,
-        None,
-        model,
-        dataset,
-    )
+    let mut given = json_object(config, "finetune options")?;
+    take_test_hooks(&mut given).map_err(js_err)?;
+    layered_config(given, None, model, dataset)
+}
+
+/// Test-only option (not in the option list, not documented for users): the WebGPU device is
+/// lost once the run has taken this many optimizer steps (e2e test of the device-lost path).
+/// Any other option that is not `hone finetune`'s is still refused.
+const LOSE_DEVICE_AFTER_STEPS: &str = "_lose_device_after_steps";
+
+/// Take the test-only hooks out of the page's options.
+fn take_test_hooks(given: &mut Map<String, Value>) -> Result<Option<u64>, String> {
+    match given.remove(LOSE_DEVICE_AFTER_STEPS) {
+        None => Ok(None),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+            format!("finetune options: {LOSE_DEVICE_AFTER_STEPS} must be a step count, not {v}")
+        }),
+    }
 }
 
 fn layered_config(
@@ -87,6 +99,7 @@ pub struct RunPlan {
     max_seq: usize,
     resume: Option<BrowserCheckpoint>,
     summary: String,
+    lose_device_after_steps: Option<u64>,
 }
 
 #[wasm_bindgen]
@@ -105,12 +118,9 @@ impl RunPlan {
             .map(|b| BrowserCheckpoint::from_bytes(&b))
             .transpose()
             .map_err(js_err)?;
-        let cfg = layered_config(
-            json_object(config, "finetune options")?,
-            resume.as_ref().map(|c| &c.config),
-            model,
-            dataset,
-        )?;
+        let mut given = json_object(config, "finetune options")?;
+        let lose_device_after_steps = take_test_hooks(&mut given).map_err(js_err)?;
+        let cfg = layered_config(given, resume.as_ref().map(|c| &c.config), model, dataset)?;
         if let Some(c) = &resume {
             if c.fingerprint != ModelFingerprint::of_model(&model.spec, &model.weights) {
                 return Err(js_err(format!(
@@ -172,6 +182,7 @@ impl RunPlan {
             resume,
             summary,
             cfg,
+            lose_device_after_steps,
         })
     }
 
@@ -274,6 +285,9 @@ pub struct WasmRun {
     device: String,
     fallback_reason: Option<String>,
     done: bool,
+    /// Test hook: the step after which the GPU device is reported lost (only when the run
+    /// started before it, so a run resumed from that step's checkpoint goes on).
+    lose_device_at: Option<u64>,
 }
 
 /// The GPU `device` asks for (`auto`: any WebGPU adapter), or None and why not.
@@ -355,6 +369,7 @@ pub async fn start_run(plan: RunPlan, device: String) -> Result<WasmRun, JsError
         schedule,
         max_seq,
         resume,
+        lose_device_after_steps,
         ..
     } = plan;
     let (params, optimizer, state) = match resume {
@@ -365,6 +380,8 @@ pub async fn start_run(plan: RunPlan, device: String) -> Result<WasmRun, JsError
             (adapter_to_params(&adapter).map_err(js_err)?, None, None)
         }
     };
+    let start_step = state.as_ref().map_or(0, |s| s.step);
+    let lose_device_at = lose_device_after_steps.filter(|&k| start_step < k);
     let options = cfg.trainer_options(total);
     let start = TrainerStart {
         params,
@@ -435,6 +452,7 @@ pub async fn start_run(plan: RunPlan, device: String) -> Result<WasmRun, JsError
         device,
         fallback_reason,
         done: false,
+        lose_device_at,
     })
 }
 
@@ -479,6 +497,12 @@ impl WasmRun {
             return Err(js_err("the run has ended: start a new one"));
         }
         self.hooks.events.clear();
+        if let (Some(k), Inner::Gpu(t)) = (self.lose_device_at, &mut self.inner) {
+            if t.state.step >= k {
+                t.engine.lose_device_after(0);
+                self.lose_device_at = None;
+            }
+        }
         let hooks = &mut self.hooks;
         let cause = with_trainer!(&mut self.inner, t => t.run(hooks).await).map_err(js_err)?;
         let step = self.step();
@@ -516,5 +540,40 @@ impl WasmRun {
             adapter,
             base: self.base_name.clone(),
         })
+    }
+}
+
+/// Check checkpoint bytes (from OPFS) in full before a resume is offered: JSON
+/// `{step}`, or an error saying what is wrong (truncated, foreign, another format version).
+#[wasm_bindgen(js_name = checkpointInfo)]
+pub fn checkpoint_info(bytes: &[u8]) -> Result<String, JsError> {
+    let c = BrowserCheckpoint::from_bytes(bytes).map_err(js_err)?;
+    Ok(json!({ "step": c.state.step }).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(text: &str) -> Map<String, Value> {
+        serde_json::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn the_test_hook_is_taken_out_and_other_unknown_options_are_still_refused() {
+        let mut given = options(r#"{"lora_r": 4, "_lose_device_after_steps": 2}"#);
+        assert_eq!(take_test_hooks(&mut given), Ok(Some(2)));
+        assert_eq!(given, options(r#"{"lora_r": 4}"#));
+        assert!(FinetuneConfig::from_layers(&[("finetune options", given)]).is_ok());
+
+        let mut bogus = options(r#"{"_lose_device_after_steps": 1, "_lose_device": 1}"#);
+        assert_eq!(take_test_hooks(&mut bogus), Ok(Some(1)));
+        let err = FinetuneConfig::from_layers(&[("finetune options", bogus)]).unwrap_err();
+        assert!(err.to_string().contains("_lose_device"), "{err}");
+
+        let mut bad = options(r#"{"_lose_device_after_steps": "two"}"#);
+        let err = take_test_hooks(&mut bad).unwrap_err();
+        assert!(err.contains("must be a step count"), "{err}");
+        assert_eq!(take_test_hooks(&mut options("{}")), Ok(None));
     }
 }
