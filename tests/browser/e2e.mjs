@@ -379,8 +379,11 @@ async function main() {
     const cq = compareAdapters(quotaAdapter.tensors, cpu.tensors);
     check(cq.worst < 1e-6, `no training state was lost: the adapter equals the CPU run's (${cq.worst.toExponential(2)})`);
     // A reload after a failed checkpoint must not offer a resume that cannot work.
+    // (paused, so that it cannot end, and delete its record, before the reload)
     await page.click("#start");
-    await page.waitForFunction(() => window.honeState.warnings.length > 0 || window.honeState.error);
+    await page.click("#pause");
+    await page.waitForFunction(() => window.honeState.pausedAt != null || window.honeState.error);
+    check((await page.evaluate(() => window.honeState.warnings.length)) > 0, "the second run warns too");
     await page.reload();
     await page.waitForFunction(() => window.honeState.ready || window.honeState.error, null, { timeout: 120_000 });
     check(
