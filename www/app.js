@@ -286,7 +286,7 @@ async function train(resume, saved = null) {
     state.trained = true;
     if (end.stopped === "done") {
       state.done = true;
-      notice(`Done: ${end.step} steps.`);
+      notice(`Done: ${end.step} steps; the adapter is from ${end.adapterFrom}.`);
       await hone.deleteCheckpoint();
       localStorage.removeItem(SESSION_KEY);
       $("resume-run").hidden = true;

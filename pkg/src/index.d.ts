@@ -80,7 +80,8 @@ export type ProgressEvent =
 export interface FinetuneHandle {
   started: RunStart;
   /** Resolves when the run ends or is cancelled. */
-  done: Promise<{ stopped: "done" | "cancelled"; step: number }>;
+  /** How the run ended; `adapterFrom` says which step the adapter is from (the best evaluation's with `load_best_model_at_end`). */
+  done: Promise<{ stopped: "done" | "cancelled"; step: number; adapterFrom?: string }>;
   pause(): void;
   resume(): void;
   cancel(): void;

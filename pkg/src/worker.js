@@ -309,7 +309,7 @@ const ops = {
       // Let pause / cancel messages in (the CPU engine's steps never yield on their own).
       await new Promise((r) => setTimeout(r, 0));
     }
-    return { stopped: "done", step: Number(run.step) };
+    return { stopped: "done", step: Number(run.step), adapterFrom: run.adapterFrom };
   },
 
   async adapterZip() {

@@ -228,6 +228,10 @@ struct WebHooks {
     config: Value,
     events: Vec<TrainEvent>,
     pending_checkpoint: Option<Vec<u8>>,
+    /// `load_best_model_at_end`: the parameters of the best evaluation so far, kept in memory
+    /// (the CLI reads them back from that step's checkpoint folder).
+    load_best: bool,
+    best_params: Option<(u64, Vec<hone_core::engine::NamedTensor>)>,
 }
 
 async fn checkpoint_bytes<E: Engine>(
@@ -261,6 +265,11 @@ impl<E: Engine> TrainerHooks<E> for WebHooks {
     /// Called after every step (the run stops after each): only the checkpoints `save_steps`,
     /// the last step and early stopping ask for are made.
     async fn save_checkpoint(&mut self, engine: &E, state: &TrainerState) -> hone_core::Result<()> {
+        if let Some((best, _)) = state.best.filter(|_| self.load_best) {
+            if best == state.step && self.best_params.as_ref().map(|b| b.0) != Some(best) {
+                self.best_params = Some((best, engine.params().await?));
+            }
+        }
         let o = &self.options;
         let early = o.early_stopping_patience > 0
             && state.evals_without_improvement >= o.early_stopping_patience;
@@ -445,6 +454,8 @@ pub async fn start_run(plan: RunPlan, device: String) -> Result<WasmRun, JsError
             config: cfg.to_json(),
             events: Vec::new(),
             pending_checkpoint: None,
+            load_best: cfg.load_best_model_at_end,
+            best_params: None,
         },
         inner,
         lora,
@@ -514,8 +525,31 @@ impl WasmRun {
             "done": self.done,
             "stop": cause,
             "checkpoint": self.hooks.pending_checkpoint.is_some(),
+            "adapterFrom": self.adapter_from(),
         })
         .to_string())
+    }
+
+    /// Which parameters `adapter` gives: the best evaluation's when the run has ended with
+    /// `load_best_model_at_end` (as `hone finetune` saves), else the current ones.
+    #[wasm_bindgen(getter, js_name = adapterFrom)]
+    pub fn adapter_from(&self) -> String {
+        let step = self.step();
+        let best = with_trainer!(&self.inner, t => t.state.best);
+        match (
+            self.done && self.hooks.load_best,
+            best,
+            &self.hooks.best_params,
+        ) {
+            (true, Some((b, loss)), Some((kept, _))) if *kept == b => {
+                format!("best step {b} (eval loss {loss:.4})")
+            }
+            (true, Some((b, _)), _) => format!(
+                "step {step}: the best evaluation (step {b}) was before this run was resumed, \
+                 and its weights are not kept across a reload"
+            ),
+            _ => format!("step {step}"),
+        }
     }
 
     /// The checkpoint the last step made (save_steps, the last step), taken out.
@@ -531,9 +565,15 @@ impl WasmRun {
             .map_err(js_err)
     }
 
-    /// The adapter as it stands (PEFT).
+    /// The adapter (PEFT): as it stands, or the best evaluation's (see `adapterFrom`).
     pub async fn adapter(&self) -> Result<WasmAdapter, JsError> {
-        let params = with_trainer!(&self.inner, t => t.engine.params().await).map_err(js_err)?;
+        let best = with_trainer!(&self.inner, t => t.state.best).map(|b| b.0);
+        let params = match &self.hooks.best_params {
+            Some((kept, p)) if self.done && self.hooks.load_best && best == Some(*kept) => {
+                p.clone()
+            }
+            _ => with_trainer!(&self.inner, t => t.engine.params().await).map_err(js_err)?,
+        };
         let adapter =
             params_to_adapter(&self.lora, params, Some(self.base_name.clone())).map_err(js_err)?;
         Ok(WasmAdapter {

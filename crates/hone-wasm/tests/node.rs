@@ -585,3 +585,77 @@ async fn bad_input_gets_errors_that_name_it() {
     let joined: String = pieces.iter().filter_map(|p| p.as_string()).collect();
     assert_eq!(joined, text);
 }
+
+/// `load_best_model_at_end` in the page: a run whose eval loss is best before the last step
+/// (a learning rate high enough to overshoot) ends with the best evaluation's adapter, the one
+/// it had at that step, and says so; without the option the adapter is the last step's.
+#[wasm_bindgen_test]
+async fn load_best_model_at_end_gives_the_best_evaluations_adapter() {
+    let model = ok(
+        WasmModel::from_gguf(tiny_model_bytes(7), MODEL_NAME),
+        "model",
+    );
+    let data = dataset_jsonl();
+    let dataset = ok(
+        WasmDataset::parse(data.as_bytes(), DATA_NAME, None),
+        "dataset",
+    );
+    let mut options = run_options();
+    options["learning_rate"] = json!(0.3);
+    options["lr_scheduler_type"] = json!("constant");
+    options["eval_steps"] = json!(1);
+    options["max_steps"] = json!(5);
+    options["load_best_model_at_end"] = json!(true);
+    let plan = ok(
+        RunPlan::new(&model, &dataset, &options.to_string(), None),
+        "plan",
+    );
+    let mut run = ok(start_run(plan, "cpu".into()).await, "startRun");
+    let mut by_step = Vec::new();
+    let mut evals = Vec::new();
+    while !run.done() {
+        let out: Value = serde_json::from_str(&ok(run.train_step().await, "trainStep")).unwrap();
+        for e in out["events"].as_array().unwrap() {
+            if e["event"] == "eval" {
+                evals.push(e["loss"].as_f64().unwrap());
+            }
+        }
+        if !run.done() {
+            assert_eq!(run.adapter_from(), format!("step {}", run.step()));
+            by_step.push(adapter_bytes(&run).await);
+        } else {
+            by_step.push(Vec::new()); // the last step's adapter is read below
+        }
+    }
+    let (best_i, best) =
+        evals.iter().enumerate().fold(
+            (0, f64::INFINITY),
+            |b, (i, &l)| if l < b.1 { (i, l) } else { b },
+        );
+    console_log!("eval losses {evals:?}: best at step {}", best_i + 1);
+    assert!(
+        best_i + 1 < evals.len(),
+        "the best evaluation is the last step's: {evals:?} (raise the learning rate)"
+    );
+    assert_eq!(
+        run.adapter_from(),
+        format!("best step {} (eval loss {best:.4})", best_i + 1)
+    );
+    let end = adapter_bytes(&run).await;
+    assert!(end == by_step[best_i], "not the best step's adapter");
+
+    // Without the option: the last step's adapter, not the best one's.
+    options["load_best_model_at_end"] = json!(false);
+    let plan = ok(
+        RunPlan::new(&model, &dataset, &options.to_string(), None),
+        "plan",
+    );
+    let mut last = ok(start_run(plan, "cpu".into()).await, "startRun");
+    steps(&mut last, u64::MAX).await;
+    assert_eq!(last.adapter_from(), "step 5");
+    let last_bytes = adapter_bytes(&last).await;
+    assert!(
+        last_bytes != end,
+        "the last step's adapter equals the best one's"
+    );
+}
