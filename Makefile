@@ -166,6 +166,7 @@ fmt:
 lint:
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets --release -- -D warnings
+	cargo clippy --release --target wasm32-unknown-unknown -p hone-wasm -p hone-gpu --all-targets -- -D warnings
 
 clean:
 	cargo clean

@@ -444,13 +444,13 @@ async fn pick_adapter(
     {
         // enumerate_adapters is empty on WebGPU: ask for one.
         let _ = found;
-        return instance
+        instance
             .request_adapter(&wgpu::RequestAdapterOptions {
                 power_preference: wgpu::PowerPreference::HighPerformance,
                 ..Default::default()
             })
             .await
-            .map_err(|e| Error::Gpu(format!("no WebGPU adapter: {e}")));
+            .map_err(|e| Error::Gpu(format!("no WebGPU adapter: {e}")))
     }
     #[cfg(not(target_arch = "wasm32"))]
     {

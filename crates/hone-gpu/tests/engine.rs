@@ -4,6 +4,9 @@
 //! clipping, evaluation, optimizer state moving between the engines (checkpoints written by one
 //! resume on the other), and faults: device lost, a batch beyond the adapter's limits.
 
+// The browser has one thread: the engines share the device through an Arc there too.
+#![cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
+
 use hone_core::engine::{AdamW, Engine, LoraSetup, MicroBatch, NamedTensor, TrainTarget};
 use hone_core::fixtures::{tiny_spec, tiny_weights};
 use hone_core::{Architecture, DType, ModelSpec, WeightStore};

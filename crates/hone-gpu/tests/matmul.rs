@@ -7,6 +7,10 @@
 //! differ by a few f32 rounding errors per term: 1e-5 x sqrt(terms) is far above that and far
 //! below any indexing or dequantization mistake (those give errors of order 1).
 
+// The f16 tests run natively only (the browser's SwiftShader has no shader-f16): their helpers
+// and imports are unused in the browser build.
+#![cfg_attr(target_arch = "wasm32", allow(unused_imports, dead_code))]
+
 use half::{bf16, f16};
 use hone_core::{Bytes, DType, TensorEntry};
 use hone_cpu::matmul::{matmul_forward, Weight};

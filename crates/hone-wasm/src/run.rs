@@ -409,8 +409,11 @@ pub async fn start_run(plan: RunPlan, device: String) -> Result<WasmRun, JsError
     let (gpu, fallback_reason) = open_gpu(&device).await?;
     let inner = match gpu {
         Some(gpu) => {
+            // GpuEngine shares the device through an Arc natively; the browser has one thread.
+            #[allow(clippy::arc_with_non_send_sync)]
+            let gpu = std::sync::Arc::new(gpu);
             let mut e = GpuEngine::new(
-                std::sync::Arc::new(gpu),
+                gpu,
                 &model.spec,
                 &model.weights,
                 setup,
