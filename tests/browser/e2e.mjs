@@ -235,7 +235,7 @@ async function main() {
     check(gpu.config.r === OPTS.lora_r && gpu.config.peft_type === "LORA", "the zip holds a PEFT config");
     const cg = compareAdapters(gpu.tensors, native);
     console.log(`WebGPU vs native CPU: max relative difference ${cg.worst.toExponential(2)} (${cg.note})`);
-    check(cg.worst < 2e-2, "the WebGPU adapter equals native hone's (relative 2e-2)");
+    check(cg.worst < 5e-3, "the WebGPU adapter equals native hone's (relative 5e-3)");
     await page.click("#generate");
     await page.waitForFunction(() => window.honeState.generated || window.honeState.error);
     const after = await page.textContent("#gen-after");
@@ -309,7 +309,7 @@ async function main() {
     console.log(
       `2 steps on WebGPU + 4 resumed on the CPU vs native: max relative difference ${cl.worst.toExponential(2)} (vs the uninterrupted WebGPU run: ${clg.worst.toExponential(2)})`,
     );
-    check(cl.worst < 2e-2, "the run resumed after the lost device ends with native hone's adapter (relative 2e-2, as WebGPU vs native)");
+    check(cl.worst < 5e-3, "the run resumed after the lost device ends with native hone's adapter (relative 5e-3, as WebGPU vs native)");
     const gpuSteps = l.stepTimes.filter((t) => t[0] <= 2).map((t) => t[1].toFixed(1));
     console.log(`(device-lost check: ${((Date.now() - tLost) / 1000).toFixed(1)} s; its WebGPU steps took ${gpuSteps.join(", ")} s)`);
 
