@@ -216,7 +216,16 @@ impl Gpu {
             wgpu::DeviceType::Cpu => "software",
             wgpu::DeviceType::Other => "other",
         };
-        format!("{} ({:?}, {kind})", self.info.name, self.info.backend)
+        // Browsers may keep the adapter's name to themselves.
+        let name = match self.info.name.trim() {
+            "" => "unnamed adapter",
+            n => n,
+        };
+        let backend = match self.info.backend {
+            wgpu::Backend::BrowserWebGpu => "WebGPU".to_string(),
+            b => format!("{b:?}"),
+        };
+        format!("{name} ({backend}, {kind})")
     }
 
     pub fn info(&self) -> &wgpu::AdapterInfo {
