@@ -1,8 +1,8 @@
-// Repro for the open WebGPU numerics gap (issue 6): one training step of the tiny model in the
-// page, on WebGPU or the CPU engine (DEV=gpu|cpu), printing the first-step loss. With LoRA B = 0
-// the first loss is the base model's forward alone, so GPU and CPU must agree (native lavapipe
-// and llvmpipe do, to 1e-7). Measured 2026-11-26: MSL=32 gpu 25.2763 vs cpu 25.3421; MSL=8 gpu
-// 26.1692 vs cpu 28.6602. Usage (after `make wasm test-browser` set things up):
+// Diagnostic (not in make test): one training step of the tiny model in the page, on WebGPU or
+// the CPU engine (DEV=gpu|cpu), printing the first-step loss. With LoRA B = 0 the first loss is
+// the base model's forward alone, so GPU and CPU must agree. It showed the WebGPU attention bug
+// (MSL=8: gpu 26.1692 vs cpu 28.6602); since the fix, gpu 28.660175 vs cpu 28.660165.
+// Usage (after `make wasm test-browser` set things up):
 //   TINY=~/.cache/hone/tiny-models/tiny-llama-q8_0.gguf DEV=gpu MSL=32 node tests/browser/gpu_first_step.mjs
 import { chromium } from "playwright-core";
 import { serve } from "../../www/serve.mjs";
