@@ -470,6 +470,18 @@ pub async fn start_run(plan: RunPlan, device: String) -> Result<WasmRun, JsError
     })
 }
 
+impl WasmRun {
+    /// The best evaluation's parameters, when the run has ended with `load_best_model_at_end`
+    /// and they were kept in memory (not when the run was resumed after its best step).
+    fn best_kept(&self) -> Option<&[hone_core::engine::NamedTensor]> {
+        let best = with_trainer!(&self.inner, t => t.state.best).map(|b| b.0);
+        match &self.hooks.best_params {
+            Some((kept, p)) if self.done && self.hooks.load_best && best == Some(*kept) => Some(p),
+            _ => None,
+        }
+    }
+}
+
 #[wasm_bindgen]
 impl WasmRun {
     /// The engine it runs on ("gpu: SwiftShader (...)" or "cpu, 1 thread").
@@ -539,15 +551,11 @@ impl WasmRun {
     pub fn adapter_from(&self) -> String {
         let step = self.step();
         let best = with_trainer!(&self.inner, t => t.state.best);
-        match (
-            self.done && self.hooks.load_best,
-            best,
-            &self.hooks.best_params,
-        ) {
-            (true, Some((b, loss)), Some((kept, _))) if *kept == b => {
+        match (self.done && self.hooks.load_best, best) {
+            (true, Some((b, loss))) if self.best_kept().is_some() => {
                 format!("best step {b} (eval loss {loss:.4})")
             }
-            (true, Some((b, _)), _) => format!(
+            (true, Some((b, _))) => format!(
                 "step {step}: the best evaluation (step {b}) was before this run was resumed, \
                  and its weights are not kept across a reload"
             ),
@@ -570,12 +578,9 @@ impl WasmRun {
 
     /// The adapter (PEFT): as it stands, or the best evaluation's (see `adapterFrom`).
     pub async fn adapter(&self) -> Result<WasmAdapter, JsError> {
-        let best = with_trainer!(&self.inner, t => t.state.best).map(|b| b.0);
-        let params = match &self.hooks.best_params {
-            Some((kept, p)) if self.done && self.hooks.load_best && best == Some(*kept) => {
-                p.clone()
-            }
-            _ => with_trainer!(&self.inner, t => t.engine.params().await).map_err(js_err)?,
+        let params = match self.best_kept() {
+            Some(p) => p.to_vec(),
+            None => with_trainer!(&self.inner, t => t.engine.params().await).map_err(js_err)?,
         };
         let adapter =
             params_to_adapter(&self.lora, params, Some(self.base_name.clone())).map_err(js_err)?;
